@@ -1,0 +1,24 @@
+# Two entry points for a fresh machine (see README):
+#   make demo   set up .venv and run the main job on built-in data
+#   make test   set up .venv and run the linters and the test suite (what CI runs)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/contextual-loss demo
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check src tests benchmarks experiments
+	$(BIN)/ruff format --check src tests benchmarks experiments
+
+test: lint
+	$(BIN)/python -m pytest

@@ -1,0 +1,61 @@
+"""Random sampling of feature positions, to cap the size of the sets compared.
+
+Mechrez et al. (ECCV 2018) compare at most 65 x 65 = 4225 positions per layer, drawn at random
+without replacement and shared by prediction and target. The streaming engine removes the
+memory reason for this; sampling remains a way to trade accuracy for speed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["sample_indices", "sample_sets"]
+
+
+def sample_indices(
+    count: int, max_points: int | None, *, generator: torch.Generator | None = None, device: torch.device | None = None
+) -> Tensor | None:
+    """``max_points`` distinct indices in ``range(count)`` in random order, or ``None`` if no cap applies.
+
+    The permutation is drawn on the generator's device (CPU by default) so that a CPU generator
+    gives the same indices whatever the device of the features, then moved to ``device``.
+    """
+    if max_points is None or count <= max_points:
+        return None
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    perm = torch.randperm(count, generator=generator, device=gen_device)
+    return perm[:max_points].to(device)
+
+
+def sample_sets(
+    x: Tensor,
+    y: Tensor,
+    pos_x: Tensor,
+    pos_y: Tensor,
+    *,
+    max_points: int | None,
+    shared: bool,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Keep at most ``max_points`` vectors of each set, with their positions.
+
+    Args:
+        x: (B, N, C) prediction set. y: (B, M, C) target set.
+        pos_x: (N, 2) positions of x. pos_y: (M, 2) positions of y.
+        max_points: the cap, or ``None`` for no sampling.
+        shared: use the same indices for x and y (their maps have the same shape), as the
+            authors do; otherwise each set is sampled independently.
+        generator: optional ``torch.Generator`` for reproducible draws.
+
+    Returns:
+        The sampled ``(x, y, pos_x, pos_y)``; the same indices serve every batch element.
+
+    """
+    idx_x = sample_indices(x.shape[1], max_points, generator=generator, device=x.device)
+    idx_y = idx_x if shared else sample_indices(y.shape[1], max_points, generator=generator, device=y.device)
+    if idx_x is not None:
+        x, pos_x = x[:, idx_x], pos_x[idx_x]
+    if idx_y is not None:
+        y, pos_y = y[:, idx_y], pos_y[idx_y]
+    return x, y, pos_x, pos_y
