@@ -1,0 +1,95 @@
+"""The loss modules: every constructor argument reaches the maths; module == functional."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from contextual_loss import ContextualBilateralLoss, ContextualLoss
+from contextual_loss.features import extract_patches
+from contextual_loss.functional import contextual_bilateral_loss, contextual_loss
+
+
+def _rand(*shape, seed=0):
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+X, Y = _rand(2, 3, 8, 8, seed=1), _rand(2, 3, 8, 8, seed=2)
+
+CX_OPTIONS = list(
+    itertools.product([0.1, 0.5], ["cosine", "l1", "l2"], ["image", "batch"], ["mean", "sum", "none"], [1e-5, 1e-3])
+)
+
+
+@pytest.mark.parametrize(("band_width", "loss_type", "center", "reduction", "eps"), CX_OPTIONS)
+def test_contextual_module_equals_functional(band_width, loss_type, center, reduction, eps):
+    module = ContextualLoss(band_width, loss_type, center=center, reduction=reduction, eps=eps)
+    want = contextual_loss(X, Y, band_width, loss_type, center=center, reduction=reduction, eps=eps)
+    torch.testing.assert_close(module(X, Y), want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("weight_sp", "form", "loss_type", "reduction"),
+    list(itertools.product([0.0, 0.1, 0.6], ["paper", "released"], ["cosine", "l2"], ["mean", "none"])),
+)
+def test_bilateral_module_equals_functional(weight_sp, form, loss_type, reduction):
+    module = ContextualBilateralLoss(weight_sp, 0.3, loss_type, form=form, reduction=reduction)
+    want = contextual_bilateral_loss(X, Y, weight_sp, 0.3, loss_type, form=form, reduction=reduction)
+    torch.testing.assert_close(module(X, Y), want, rtol=0, atol=0)
+
+
+def test_positional_arguments_land_where_contextual_loss_pytorch_put_them():
+    # The earlier implementation dropped loss_type and let band_width land in weight_sp.
+    module = ContextualBilateralLoss(0.2, 0.3, "l1")
+    assert (module.weight_sp, module.band_width, module.loss_type) == (0.2, 0.3, "l1")
+    module = ContextualLoss(0.3, "l2")
+    assert (module.band_width, module.loss_type) == (0.3, "l2")
+
+
+def test_arguments_change_the_value():
+    base = float(ContextualLoss()(X, Y))
+    for kwargs in ({"band_width": 0.1}, {"loss_type": "l2"}, {"center": "batch"}, {"patch_size": 3}):
+        assert float(ContextualLoss(**kwargs)(X, Y)) != base, kwargs
+    cobi = float(ContextualBilateralLoss()(X, Y))
+    for kwargs in ({"weight_sp": 0.5}, {"band_width": 0.1}, {"loss_type": "l1"}, {"form": "released"}):
+        assert float(ContextualBilateralLoss(**kwargs)(X, Y)) != cobi, kwargs
+
+
+def test_patch_features_are_used():
+    module = ContextualLoss(patch_size=3, padding="zero")
+    want = contextual_loss(extract_patches(X, 3, "zero"), extract_patches(Y, 3, "zero"))
+    torch.testing.assert_close(module(X, Y), want, rtol=0, atol=0)
+    assert module.layer_weights == {"patches": 1.0}
+
+
+def test_max_points_and_generator_reach_the_sampling():
+    module = ContextualLoss(max_points=20)
+    a = module(X, Y, generator=torch.Generator().manual_seed(0))
+    b = contextual_loss(X, Y, max_points=20, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert float(module(X, X, generator=torch.Generator().manual_seed(1))) < 1e-6
+
+
+def test_use_vgg_is_never_silently_ignored():
+    with pytest.raises((NotImplementedError, ValueError, RuntimeError), match="VGG"):
+        ContextualLoss(use_vgg=True, vgg_layer="relu3_4")(X, Y)
+
+
+def test_gradients_reach_the_prediction_and_the_module_has_no_parameters():
+    x = X.clone().requires_grad_()
+    ContextualBilateralLoss(patch_size=3)(x, Y).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert list(ContextualLoss(patch_size=3).parameters()) == []
+
+
+def test_repr_lists_the_options():
+    text = repr(ContextualBilateralLoss(0.2, 0.3, "l1", form="released"))
+    assert "weight_sp=0.2" in text and "form='released'" in text and "loss_type='l1'" in text
+
+
+def test_torch_compile_equals_eager():
+    module = ContextualLoss(band_width=0.2)
+    compiled = torch.compile(module, backend="eager")
+    torch.testing.assert_close(compiled(X, Y), module(X, Y))
