@@ -4,6 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+LINT_DIRS := $(wildcard src tests benchmarks experiments examples)
 
 .PHONY: demo test lint
 
@@ -17,8 +18,8 @@ demo: $(BIN)/.installed
 	$(BIN)/contextual-loss demo
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check src tests benchmarks experiments
-	$(BIN)/ruff format --check src tests benchmarks experiments
+	$(BIN)/ruff check $(LINT_DIRS)
+	$(BIN)/ruff format --check $(LINT_DIRS)
 
 test: lint
 	$(BIN)/python -m pytest
