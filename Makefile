@@ -10,7 +10,6 @@ LINT_DIRS := $(wildcard src tests benchmarks experiments examples)
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
