@@ -2,7 +2,11 @@
 
 ``ContextualLoss`` and ``ContextualBilateralLoss`` keep the constructor signatures of
 contextual_loss_pytorch (``band_width``, ``loss_type``, ``use_vgg``, ``vgg_layer`` and, for CoBi,
-``weight_sp``), and every argument is used. The maths lives in :mod:`contextual_loss.functional`.
+``weight_sp``), and every argument is used. The maths lives in :mod:`contextual_loss.functional`;
+the feature extractors in :mod:`contextual_loss.features`. ``layers=`` chooses the compared maps
+and their weights (VGG19 layers, ``"patches"``), ``features=`` lets several losses share one
+extractor, and ``ContextualLoss.mechrez_recipe`` / ``ContextualBilateralLoss.zoom_recipe`` build
+the papers' settings in one line.
 
 Examples:
     >>> import torch
@@ -311,13 +315,15 @@ class ContextualBilateralLoss(_ContextualModule):
                 \mathrm{CoBi}_{VGG}(l), \quad l \in \{relu1\_2, relu2\_2, relu3\_2\}
 
         Provenance of the defaults: n = 10 for 4x zoom and 15 for 8x (the paper; the released
-        training code sets the same sizes); the VGG layers are the paper's ``conv1_2``,
-        ``conv2_2``, ``conv3_2``, which its TensorFlow VGG (shared with Mechrez et al.) computes
-        after the ReLU and with average pooling, hence ``relu*`` and ``pooling="avg"``; cosine
-        distance for every term (the paper, and ``Distance.DotProduct`` in the released code);
-        h = 0.5 and w_s = 0.1 (``compute_contextual_loss`` in the released ``loss.py``).
-        lambda = 1 with equal layer weights is this library's choice: the released code weighs
-        the layers 1, 1, 0.5 and scales the two terms differently from run to run.
+        ``train.py`` uses n = 5); the VGG layers are the paper's ``conv1_2``, ``conv2_2``,
+        ``conv3_2``, which its TensorFlow VGG (the one of Mechrez et al.) computes after the ReLU
+        and with average pooling, hence ``relu*`` and ``pooling="avg"``; cosine distance for every
+        term (the paper; ``Distance.DotProduct`` in the released code); h = 0.5
+        (``nn_stretch_sigma`` in the released ``loss.py``). w_s = 0.1 is this library's default
+        for the paper's additive spatial term; the released code's ``w_spatial`` (0.1 by default,
+        0.5 in ``train.py``) weighs its mixed form instead (``form="released"``). lambda = 1 with
+        equal layer weights is also our choice: the released code weighs the layers 1, 1, 0.5 and
+        its ``train.py`` weighs the patch term 5 times the VGG term.
 
         Args:
             zoom: 4 (n = 10) or 8 (n = 15); ``None`` to give ``patch_size`` yourself.
