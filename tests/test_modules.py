@@ -73,8 +73,14 @@ def test_max_points_and_generator_reach_the_sampling():
 
 
 def test_use_vgg_is_never_silently_ignored():
-    with pytest.raises((NotImplementedError, ValueError, RuntimeError), match="VGG"):
-        ContextualLoss(use_vgg=True, vgg_layer="relu3_4")(X, Y)
+    # weights=None: random VGG19 weights, no download (tests/features covers the weight sources).
+    module = ContextualLoss(use_vgg=True, vgg_layer="relu1_2", weights=None)
+    assert module.layer_weights == {"relu1_2": 1.0}
+    feats = module.features
+    want = contextual_loss(feats(X)["relu1_2"], feats(Y)["relu1_2"])
+    torch.testing.assert_close(module(X, Y), want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="vgg_layer='relu2_2' is only used with use_vgg=True"):
+        ContextualLoss(vgg_layer="relu2_2")
 
 
 def test_gradients_reach_the_prediction_and_the_module_has_no_parameters():

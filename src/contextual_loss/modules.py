@@ -2,7 +2,11 @@
 
 ``ContextualLoss`` and ``ContextualBilateralLoss`` keep the constructor signatures of
 contextual_loss_pytorch (``band_width``, ``loss_type``, ``use_vgg``, ``vgg_layer`` and, for CoBi,
-``weight_sp``), and every argument is used. The maths lives in :mod:`contextual_loss.functional`.
+``weight_sp``), and every argument is used. The maths lives in :mod:`contextual_loss.functional`;
+the feature extractors in :mod:`contextual_loss.features`. ``layers=`` chooses the compared maps
+and their weights (VGG19 layers, ``"patches"``), ``features=`` lets several losses share one
+extractor, and ``ContextualLoss.mechrez_recipe`` / ``ContextualBilateralLoss.zoom_recipe`` build
+the papers' settings in one line.
 
 Examples:
     >>> import torch
@@ -16,31 +20,18 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from contextual_loss import functional as CF
-from contextual_loss._validation import check_choice, check_positive_int
-from contextual_loss.features import IdentityFeatures, PatchFeatures
+from contextual_loss._validation import check_choice, check_nonnegative_number
+from contextual_loss.features.compose import LayersArg, select_features
+from contextual_loss.features.weights import WeightsArg
 
 __all__ = ["ContextualBilateralLoss", "ContextualLoss"]
-
-
-def _build_features(use_vgg: bool, vgg_layer: str, patch_size: int | None, padding: str) -> nn.Module:
-    if not isinstance(use_vgg, bool):
-        raise TypeError(f"use_vgg must be a bool, got {type(use_vgg).__name__} {use_vgg!r}")
-    if use_vgg:
-        raise NotImplementedError(
-            f"use_vgg=True (vgg_layer={vgg_layer!r}) needs the VGG19 feature extractor, which this version does "
-            "not include yet; use patch_size=n for patch features or pass your own features to "
-            "contextual_loss.functional"
-        )
-    if patch_size is not None:
-        check_positive_int("patch_size", patch_size)
-        return PatchFeatures(patch_size, padding)  # type: ignore[arg-type]
-    return IdentityFeatures()
 
 
 class _ContextualModule(nn.Module):
@@ -53,6 +44,11 @@ class _ContextualModule(nn.Module):
         use_vgg: bool,
         vgg_layer: str,
         *,
+        layers: LayersArg,
+        features: nn.Module | None,
+        weights: WeightsArg,
+        pooling: str,
+        input_range: tuple[float, float],
         patch_size: int | None,
         padding: str,
         eps: float,
@@ -69,8 +65,19 @@ class _ContextualModule(nn.Module):
         self.center = center
         self.reduction = reduction
         self.max_points = max_points
-        self.features = _build_features(use_vgg, vgg_layer, patch_size, padding)
-        self.layer_weights: dict[str, float] = {"patches" if patch_size is not None else "input": 1.0}
+        self.features, weights_by_layer = select_features(
+            layers=layers,
+            use_vgg=use_vgg,
+            vgg_layer=vgg_layer,
+            features=features,
+            patch_size=patch_size,
+            padding=padding,
+            weights=weights,
+            pooling=pooling,
+            input_range=input_range,
+        )
+        #: Layer name -> weight of its loss; ``None``: every map of ``features``, weight 1.
+        self.layer_weights: dict[str, float] | None = weights_by_layer
 
     def _layer_loss(self, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
         raise NotImplementedError
@@ -104,9 +111,17 @@ class _ContextualModule(nn.Module):
         feats_x, feats_y = self.features(x), self.features(y)
         total = sum(
             weight * self._layer_loss(feats_x[name], feats_y[name], generator)
-            for name, weight in self.layer_weights.items()
+            for name, weight in self._weights_for(feats_x).items()
         )
         return CF._reduce(total, self.reduction)  # type: ignore[arg-type]
+
+    def _weights_for(self, maps: Mapping[str, Tensor]) -> dict[str, float]:
+        if self.layer_weights is None:
+            return dict.fromkeys(maps, 1.0)
+        missing = [name for name in self.layer_weights if name not in maps]
+        if missing:
+            raise ValueError(f"layers {missing} are not among the feature maps the extractor returned: {list(maps)}")
+        return self.layer_weights
 
     def extra_repr(self) -> str:
         """Summarise the options in ``repr``."""
@@ -122,13 +137,32 @@ class ContextualLoss(_ContextualModule):
     Args:
         band_width: h > 0 (0.5 in the paper's animation experiments, 0.1 for style transfer).
         loss_type: ``"cosine"``, ``"l1"`` or ``"l2"``; see :func:`contextual_loss.functional.contextual_loss`.
-        use_vgg: compare VGG19 features (contextual_loss_pytorch's argument).
+        use_vgg: contextual_loss_pytorch's switch: ``use_vgg=True, vgg_layer=name`` is
+            ``layers={name: 1.0}``.
         vgg_layer: the VGG19 layer used when ``use_vgg`` is true.
-        patch_size: compare n x n patches of the image instead of its pixels.
-        padding: patch padding, ``"reflect"``, ``"zero"`` or ``"none"``.
         eps, center, reduction, max_points: as in the functional form.
+        layers: the feature maps to compare and the weight of each loss, summed: a name, a list of
+            names (weight 1 each) or a dict such as ``{"relu3_2": 1.0, "relu4_2": 1.0}``. Names are
+            VGG19 layers (``conv{b}_{k}`` before the ReLU, ``relu{b}_{k}`` after it, ``pool{b}``),
+            ``"patches"`` (with ``patch_size``) or those of the ``features`` extractor.
+        features: your own extractor (an ``nn.Module`` mapping an image to a dict of maps), e.g. one
+            :class:`~contextual_loss.features.VGG19Features` shared by several losses; it replaces
+            the built-in VGG19. Without ``layers``, every map it returns is compared with weight 1.
+        weights: VGG19 weights: ``"imagenet"`` (torch hub cache), a path to a torchvision state
+            dict, or ``None`` (random); see :mod:`contextual_loss.features.weights`.
+        pooling: VGG19 pooling, ``"max"`` (torchvision) or ``"avg"`` (the papers' VGG).
+        input_range: the (low, high) range of the images given to VGG19, (0, 1) by default.
+        patch_size: also compare the n x n patches of the image (layer ``"patches"``).
+        padding: patch padding, ``"reflect"``, ``"zero"`` or ``"none"``.
 
-    Without ``use_vgg`` or ``patch_size``, the input itself is the feature map.
+    Without VGG layers, ``features`` or ``patch_size``, the image itself is the feature map.
+
+    Examples:
+        >>> import torch
+        >>> loss = ContextualLoss(layers={"relu1_2": 1.0, "relu2_2": 0.5}, weights=None)
+        >>> pred, target = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+        >>> loss(pred, target).shape
+        torch.Size([])
 
     """
 
@@ -139,6 +173,11 @@ class ContextualLoss(_ContextualModule):
         use_vgg: bool = False,
         vgg_layer: str = "relu3_4",
         *,
+        layers: LayersArg = None,
+        features: nn.Module | None = None,
+        weights: WeightsArg = "imagenet",
+        pooling: str = "max",
+        input_range: tuple[float, float] = (0.0, 1.0),
         patch_size: int | None = None,
         padding: str = "reflect",
         eps: float = 1e-5,
@@ -151,6 +190,11 @@ class ContextualLoss(_ContextualModule):
             loss_type,
             use_vgg,
             vgg_layer,
+            layers=layers,
+            features=features,
+            weights=weights,
+            pooling=pooling,
+            input_range=input_range,
             patch_size=patch_size,
             padding=padding,
             eps=eps,
@@ -158,6 +202,42 @@ class ContextualLoss(_ContextualModule):
             reduction=reduction,
             max_points=max_points,
         )
+
+    @classmethod
+    def mechrez_recipe(
+        cls, task: Literal["animation", "style_transfer"] = "animation", **kwargs: Any
+    ) -> ContextualLoss:
+        """CX on VGG19 as in Mechrez et al. (ECCV 2018): ``relu3_2`` + ``relu4_2``, cosine, average pooling.
+
+        Provenance of the defaults: the layers are the authors' ``conv3_2`` and ``conv4_2`` (their
+        released ``config.py``, ``CX.feat_layers``, weight 1 each), which their TensorFlow VGG
+        computes *after* the ReLU, hence our ``relu3_2``/``relu4_2``; their VGG averages instead of
+        max-pooling (``vgg_model.py``), hence ``pooling="avg"``; the distance is the cosine
+        (``Distance.DotProduct``); h = 0.5 for single-image animation (``nn_stretch_sigma = 0.5``)
+        and 0.1 for style transfer, as the paper states. Not copied: the authors sample at most
+        65 x 65 positions per layer (pass ``max_points=65 * 65`` to do the same) and feed
+        Caffe-style inputs (0-255 minus the mean) to MatConvNet weights, where we use torchvision's
+        ImageNet weights and normalisation.
+
+        Args:
+            task: ``"animation"`` (h = 0.5) or ``"style_transfer"`` (h = 0.1).
+            **kwargs: any argument of :class:`ContextualLoss`; it overrides the recipe's value
+                (e.g. ``weights="vgg19.pth"``, ``features=shared_vgg``, ``band_width=0.2``).
+
+        Examples:
+            >>> loss = ContextualLoss.mechrez_recipe("style_transfer", weights=None)
+            >>> loss.band_width, loss.layer_weights
+            (0.1, {'relu3_2': 1.0, 'relu4_2': 1.0})
+
+        """
+        check_choice("task", task, ("animation", "style_transfer"))
+        options: dict[str, Any] = {
+            "band_width": 0.5 if task == "animation" else 0.1,
+            "loss_type": "cosine",
+            "layers": {"relu3_2": 1.0, "relu4_2": 1.0},
+            "pooling": "avg",
+        }
+        return cls(**_recipe_options(options, kwargs))
 
     def _layer_loss(self, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
         return CF.contextual_loss(x, y, **self._common_kwargs(generator))
@@ -168,10 +248,18 @@ class ContextualBilateralLoss(_ContextualModule):
 
     Args:
         weight_sp: w_s, the weight of the spatial term (>= 0; in [0, 1] for ``form="released"``).
-        band_width, loss_type, use_vgg, vgg_layer, patch_size, padding, eps, center, reduction,
-            max_points: as in :class:`ContextualLoss`.
+        band_width, loss_type, use_vgg, vgg_layer, eps, center, reduction, max_points: as in
+            :class:`ContextualLoss`.
         form: ``"paper"`` (default) or ``"released"``; see
             :func:`contextual_loss.functional.contextual_bilateral_loss`.
+        layers, features, weights, pooling, input_range, patch_size, padding: the features, as in
+            :class:`ContextualLoss`.
+
+    Examples:
+        >>> import torch
+        >>> loss = ContextualBilateralLoss(patch_size=5, layers={"patches": 1.0, "relu1_2": 1.0}, weights=None)
+        >>> loss(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)).shape
+        torch.Size([])
 
     """
 
@@ -184,6 +272,11 @@ class ContextualBilateralLoss(_ContextualModule):
         vgg_layer: str = "relu3_4",
         *,
         form: str = "paper",
+        layers: LayersArg = None,
+        features: nn.Module | None = None,
+        weights: WeightsArg = "imagenet",
+        pooling: str = "max",
+        input_range: tuple[float, float] = (0.0, 1.0),
         patch_size: int | None = None,
         padding: str = "reflect",
         eps: float = 1e-5,
@@ -196,6 +289,11 @@ class ContextualBilateralLoss(_ContextualModule):
             loss_type,
             use_vgg,
             vgg_layer,
+            layers=layers,
+            features=features,
+            weights=weights,
+            pooling=pooling,
+            input_range=input_range,
             patch_size=patch_size,
             padding=padding,
             eps=eps,
@@ -205,9 +303,71 @@ class ContextualBilateralLoss(_ContextualModule):
         )
         self.weight_sp, self.form = CF._spatial_option(weight_sp, form)
 
+    @classmethod
+    def zoom_recipe(
+        cls, zoom: Literal[4, 8] | None = 4, *, vgg_weight: float = 1.0, **kwargs: Any
+    ) -> ContextualBilateralLoss:
+        r"""CoBi as in Zoom to Learn (Zhang et al., CVPR 2019): RGB patches + VGG19, cosine.
+
+        .. math::
+
+            L = \mathrm{CoBi}_{RGB}(n \times n \text{ patches}) + \lambda \sum_{l}
+                \mathrm{CoBi}_{VGG}(l), \quad l \in \{relu1\_2, relu2\_2, relu3\_2\}
+
+        Provenance of the defaults: n = 10 for 4x zoom and 15 for 8x (the paper; the released
+        ``train.py`` uses n = 5); the VGG layers are the paper's ``conv1_2``, ``conv2_2``,
+        ``conv3_2``, which its TensorFlow VGG (the one of Mechrez et al.) computes after the ReLU
+        and with average pooling, hence ``relu*`` and ``pooling="avg"``; cosine distance for every
+        term (the paper; ``Distance.DotProduct`` in the released code); h = 0.5
+        (``nn_stretch_sigma`` in the released ``loss.py``). w_s = 0.1 is this library's default
+        for the paper's additive spatial term; the released code's ``w_spatial`` (0.1 by default,
+        0.5 in ``train.py``) weighs its mixed form instead (``form="released"``). lambda = 1 with
+        equal layer weights is also our choice: the released code weighs the layers 1, 1, 0.5 and
+        its ``train.py`` weighs the patch term 5 times the VGG term.
+
+        Args:
+            zoom: 4 (n = 10) or 8 (n = 15); ``None`` to give ``patch_size`` yourself.
+            vgg_weight: lambda, the weight of each VGG layer's loss relative to the patch loss.
+            **kwargs: any argument of :class:`ContextualBilateralLoss`; it overrides the recipe's
+                value (e.g. ``weights="vgg19.pth"``, ``features=shared_vgg``, ``weight_sp=0.2``).
+
+        Examples:
+            >>> loss = ContextualBilateralLoss.zoom_recipe(8, weights=None)
+            >>> loss.layer_weights
+            {'patches': 1.0, 'relu1_2': 1.0, 'relu2_2': 1.0, 'relu3_2': 1.0}
+
+        """
+        sizes = {4: 10, 8: 15}
+        if zoom is None and "patch_size" not in kwargs:
+            raise ValueError("zoom=None needs patch_size=n (the paper uses n = 10 for 4x and n = 15 for 8x zoom)")
+        if zoom is not None and (zoom not in sizes or "patch_size" in kwargs):
+            raise ValueError(
+                f"zoom must be 4 or 8 (patches of n = 10 or 15, as in the paper) or None with patch_size=n, "
+                f"got zoom={zoom!r}{' and patch_size=' + repr(kwargs['patch_size']) if 'patch_size' in kwargs else ''}"
+            )
+        lam = check_nonnegative_number("vgg_weight", vgg_weight)
+        options: dict[str, Any] = {
+            "weight_sp": 0.1,
+            "band_width": 0.5,
+            "loss_type": "cosine",
+            "layers": {"patches": 1.0, "relu1_2": lam, "relu2_2": lam, "relu3_2": lam},
+            "pooling": "avg",
+        }
+        if zoom is not None:
+            options["patch_size"] = sizes[zoom]
+        return cls(**_recipe_options(options, kwargs))
+
     def _layer_loss(self, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
         return CF.contextual_bilateral_loss(x, y, self.weight_sp, form=self.form, **self._common_kwargs(generator))
 
     def extra_repr(self) -> str:
         """Summarise the options in ``repr``."""
         return f"weight_sp={self.weight_sp}, form={self.form!r}, " + super().extra_repr()
+
+
+def _recipe_options(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's defaults updated by the caller's; a caller's extractor replaces the VGG options."""
+    options = {**defaults, **overrides}
+    if options.get("features") is not None and "pooling" not in overrides:
+        del options["pooling"]  # the shared extractor carries its own pooling
+    return options

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 __all__ = ["build_parser", "main"]
 
 #: Sub-command modules, in the order ``--help`` lists them.
-COMMANDS = ("demo",)
+COMMANDS = ("demo", "download_weights")
 
 
 def build_parser() -> argparse.ArgumentParser:

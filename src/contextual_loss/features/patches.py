@@ -37,6 +37,8 @@ def extract_patches(image: Tensor, size: int, padding: Padding = "reflect") -> T
     """
     check_positive_int("size", size)
     check_choice("padding", padding, PADDINGS)
+    if not isinstance(image, Tensor):
+        raise TypeError(f"image must be a torch.Tensor of shape (B, C, H, W), got {type(image).__name__}")
     if image.ndim != 4:
         raise ValueError(f"image must have shape (B, C, H, W), got shape {tuple(image.shape)}")
     if padding != "none" and size > 1:

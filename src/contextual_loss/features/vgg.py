@@ -1,0 +1,242 @@
+"""A frozen VGG19 (torchvision's architecture) that returns the activations of named layers.
+
+Both papers compare VGG19 activations: Mechrez et al. (ECCV 2018) use ``conv3_2`` and ``conv4_2``
+for style transfer and single-image animation, Zhang et al. (CVPR 2019) ``conv1_2``, ``conv2_2``
+and ``conv3_2`` for CoBi. Their TensorFlow VGG applies the ReLU inside each "conv" layer and
+averages instead of max-pooling, so their ``conv3_2`` is our ``relu3_2`` with ``pooling="avg"``.
+
+Layer names: ``conv{b}_{k}`` is the output of the k-th convolution of block b *before* its ReLU,
+``relu{b}_{k}`` the same activation after the ReLU, ``pool{b}`` the output of block b's pooling
+(b in 1..5; blocks 1-2 have 2 convolutions, blocks 3-5 have 4). :data:`VGG19_LAYERS` maps each
+name to its index in ``torchvision.models.vgg19().features``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.vgg import cfgs, make_layers
+
+from contextual_loss._validation import check_choice
+from contextual_loss.features.weights import WeightsArg, load_vgg19_state_dict
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "VGG19_LAYERS", "VGG19Features", "parse_vgg19_layers"]
+
+Pooling = Literal["max", "avg"]
+POOLINGS = ("max", "avg")
+
+#: torchvision's normalisation for its ImageNet weights (inputs in [0, 1]).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_VGG19_CONFIG = cfgs["E"]  # torchvision's VGG19: channel counts, "M" for a 2x2 max pooling
+
+
+def _layer_table(config: Sequence[int | str]) -> dict[str, int]:
+    """Name -> index in the ``nn.Sequential`` that ``make_layers(config)`` builds (conv, ReLU, ..., pool)."""
+    table: dict[str, int] = {}
+    index, block, conv = 0, 1, 0
+    for item in config:
+        if item == "M":
+            table[f"pool{block}"] = index
+            index, block, conv = index + 1, block + 1, 0
+        else:
+            conv += 1
+            table[f"conv{block}_{conv}"] = index
+            table[f"relu{block}_{conv}"] = index + 1
+            index += 2
+    return table
+
+
+#: Layer name -> index in ``torchvision.models.vgg19().features`` (e.g. ``relu3_2`` -> 13).
+VGG19_LAYERS: dict[str, int] = _layer_table(_VGG19_CONFIG)
+
+
+def parse_vgg19_layers(layers: str | Sequence[str]) -> tuple[str, ...]:
+    """Check VGG19 layer names and return them as a tuple without duplicates, in the given order.
+
+    Raises:
+        TypeError: ``layers`` is not a string or a sequence of strings.
+        ValueError: an unknown name, or an empty sequence.
+
+    """
+    names = (layers,) if isinstance(layers, str) else layers
+    if not isinstance(names, Sequence) or not all(isinstance(name, str) for name in names):
+        raise TypeError(f"layers must be a VGG19 layer name or a sequence of names, got {layers!r}")
+    if not names:
+        raise ValueError("layers must name at least one VGG19 layer, got an empty sequence")
+    unknown = [name for name in names if name not in VGG19_LAYERS]
+    if unknown:
+        raise ValueError(
+            f"unknown VGG19 layer name(s) {unknown}; expected conv{{b}}_{{k}} (before the ReLU), relu{{b}}_{{k}} "
+            "(after it) or pool{b}, with block b in 1..5 and k in 1..2 for blocks 1-2, 1..4 for blocks 3-5 "
+            "(e.g. 'relu3_2')"
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def _check_input_range(input_range: object) -> tuple[float, float]:
+    valid = (
+        isinstance(input_range, (tuple, list))
+        and len(input_range) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in input_range)
+        and input_range[0] < input_range[1]
+    )
+    if not valid:
+        raise ValueError(
+            f"input_range must be a pair (low, high) of finite numbers with low < high, such as (0, 1), (-1, 1) "
+            f"or (0, 255), got {input_range!r}"
+        )
+    return float(input_range[0]), float(input_range[1])  # type: ignore[index]
+
+
+def _config_prefix(last: int) -> list[int | str]:
+    """The shortest prefix of the VGG19 configuration whose layers reach index ``last``."""
+    prefix: list[int | str] = []
+    length = 0
+    for item in _VGG19_CONFIG:
+        if length > last:
+            break
+        prefix.append(item)
+        length += 1 if item == "M" else 2  # a pooling, or a convolution and its ReLU
+    return prefix
+
+
+def _build_body(last: int, pooling: str) -> nn.Sequential:
+    """Build torchvision's VGG19 ``features`` up to index ``last``, on the meta device (no memory yet)."""
+    # Only the needed prefix, and without initialising it: weights are either loaded or drawn later.
+    with torch.device("meta"):
+        body = make_layers(_config_prefix(last))[: last + 1]
+    for index, layer in enumerate(body):
+        if isinstance(layer, nn.ReLU):
+            layer.inplace = False  # an in-place ReLU would overwrite the conv{b}_{k} output we return
+        elif isinstance(layer, nn.MaxPool2d) and pooling == "avg":
+            body[index] = nn.AvgPool2d(kernel_size=2, stride=2)
+    return body
+
+
+def _random_init(body: nn.Sequential) -> None:
+    """The initialisation of ``torchvision.models.vgg19(weights=None)``, on the CPU."""
+    body.to_empty(device="cpu")
+    for layer in body:
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+
+
+def _load(body: nn.Sequential, state: dict[str, Tensor], deepest: str) -> None:
+    """Copy the needed entries of a torchvision ``features`` state dict into ``body`` as float32."""
+    expected = body.state_dict()
+    missing = [f"features.{key}" for key in expected if key not in state]
+    if missing:
+        raise ValueError(f"the VGG19 state dict lacks {missing}, needed for layer {deepest!r} and those before it")
+    for key, param in expected.items():
+        if not isinstance(state[key], Tensor) or state[key].shape != param.shape:
+            got = tuple(state[key].shape) if isinstance(state[key], Tensor) else type(state[key]).__name__
+            raise ValueError(
+                f"the VGG19 state dict entry features.{key} is {got}, expected a tensor of shape "
+                f"{tuple(param.shape)} (torchvision's vgg19)"
+            )
+    # A private float32 copy: never alias the caller's tensors, whatever dtype they were saved in.
+    body.load_state_dict({key: state[key].detach().to(torch.float32, copy=True) for key in expected}, assign=True)
+
+
+class VGG19Features(nn.Module):
+    """Frozen VGG19 activations of the named layers, for images in ``input_range`` (RGB).
+
+    The network is torchvision's ``vgg19().features``, cut after the deepest requested layer so
+    that nothing deeper is computed. It normalises its input with ImageNet's mean and standard
+    deviation (non-persistent buffers), never trains (``train()`` keeps it in eval mode) and its
+    parameters do not require gradients, while gradients flow to the input. One instance can be
+    shared by several losses.
+
+    Args:
+        layers: one name or a sequence of names (see :data:`VGG19_LAYERS`), e.g.
+            ``("relu3_2", "relu4_2")``.
+        weights: ``"imagenet"`` (default: torchvision's ``VGG19_Weights.IMAGENET1K_V1`` from the
+            torch hub cache), a path to a state dict in torchvision's format, a state dict, or
+            ``None`` for random weights; see :mod:`contextual_loss.features.weights`.
+        pooling: ``"max"`` (torchvision's network) or ``"avg"`` (the papers' VGG).
+        input_range: the (low, high) range of the input pixels, mapped to [0, 1] before the
+            ImageNet normalisation: (0, 1) by default, (-1, 1) for tanh outputs, (0, 255) for
+            8-bit values.
+        download: download the ImageNet weights if they are not cached (``weights="imagenet"``).
+
+    Examples:
+        >>> import torch
+        >>> vgg = VGG19Features(["conv1_2", "relu1_2"], weights=None)
+        >>> feats = vgg(torch.rand(1, 3, 32, 32))
+        >>> feats["relu1_2"].shape
+        torch.Size([1, 64, 32, 32])
+
+    """
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(
+        self,
+        layers: str | Sequence[str],
+        *,
+        weights: WeightsArg = "imagenet",
+        pooling: Pooling = "max",
+        input_range: tuple[float, float] = (0.0, 1.0),
+        download: bool = True,
+    ) -> None:
+        super().__init__()
+        self.layers = parse_vgg19_layers(layers)
+        check_choice("pooling", pooling, POOLINGS)
+        self.pooling = pooling
+        self.input_range = _check_input_range(input_range)
+        self._outputs = {VGG19_LAYERS[name]: name for name in self.layers}  # index -> name
+        self.body = _build_body(max(self._outputs), pooling)
+        state = load_vgg19_state_dict(weights, download=download)
+        if state is None:
+            _random_init(self.body)
+        else:
+            _load(self.body, state, max(self.layers, key=VGG19_LAYERS.__getitem__))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> VGG19Features:
+        """Stay in eval mode whatever ``mode`` is: the extractor is frozen."""
+        return super().train(False)
+
+    def _check_image(self, image: Tensor) -> None:
+        if not isinstance(image, Tensor):
+            raise TypeError(f"image must be a torch.Tensor of shape (B, 3, H, W), got {type(image).__name__}")
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(
+                f"VGG19 needs RGB images of shape (B, 3, H, W), got shape {tuple(image.shape)}; repeat a grayscale "
+                "channel with image.expand(-1, 3, -1, -1)"
+            )
+        if not image.is_floating_point():
+            raise TypeError(f"image must have a floating-point dtype, got {image.dtype}; convert it with .float()")
+        if image.device != self.mean.device:
+            raise ValueError(
+                f"image is on {image.device} but the VGG19 extractor is on {self.mean.device}; move the loss with "
+                ".to(device)"
+            )
+
+    def forward(self, image: Tensor) -> dict[str, Tensor]:
+        """Return ``{name: activation}`` for every requested layer, each of shape (B, C_l, H_l, W_l)."""
+        self._check_image(image)
+        low, high = self.input_range
+        # The convolutions run in the weights' dtype (float32 unless the module was converted).
+        h = ((image.to(self.mean.dtype) - low) / (high - low) - self.mean) / self.std
+        out: dict[str, Tensor] = {}
+        for index, layer in enumerate(self.body):
+            h = layer(h)
+            if index in self._outputs:
+                out[self._outputs[index]] = h
+        return {name: out[name] for name in self.layers}
+
+    def extra_repr(self) -> str:
+        """Summarise the options in ``repr``."""
+        return f"layers={self.layers}, pooling={self.pooling!r}, input_range={self.input_range}"
