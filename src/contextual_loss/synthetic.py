@@ -105,7 +105,10 @@ def texture(
     gen = torch.Generator().manual_seed(seed)
     image = torch.zeros(1, 3, height, width)
     for sigma in scales:
-        layer = gaussian_blur(torch.randn(1, 3, height, width, generator=gen), sigma)
+        # Blur a larger field and keep its centre: no border effects, and any size works.
+        margin = math.ceil(3 * sigma) + 1
+        noise = torch.randn(1, 3, height + 2 * margin, width + 2 * margin, generator=gen)
+        layer = gaussian_blur(noise, sigma)[..., margin : margin + height, margin : margin + width]
         image += layer / layer.std()
     colours = torch.Generator().manual_seed(palette)
     mix = (1.0 + 0.5 * torch.randn(3, 3, generator=colours)) / 3.0
