@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _common.verdict(
             passed,
             f"CoBi one-to-one > {COBI_LIMIT} for every form and shift (min {min(min(v) for v in cobi.values()):.3f}) "
-            f"and CX below CoBi (CX max {max(cx):.3f}); CX is {min(cx):.2f}-{max(cx):.2f}, not the expected ~0.55 "
+            f"and CX below CoBi (CX max {max(cx):.3f}); CX is {min(cx):.3f}-{max(cx):.3f}, not the expected ~0.55 "
             f"(random choice among {copies} copies predicts {random_unique:.2f})",
         )
     )
