@@ -71,20 +71,13 @@ def test_folders_without_common_names(run_cli, tmp_path: Path) -> None:
         (["--loss-type", "l3"], "invalid choice: 'l3'"),
         (["--pixels", "--patch-size", "3"], "not allowed with argument"),
         (["--output", "scores.txt"], "--output must end in .csv or .json"),
-        (["--weights", "w.pth"], "--weights only applies to VGG19"),
+        (["--weights", "w.pth"], "--weights and --vgg-pooling only apply to VGG19"),
+        (["--vgg-pooling", "avg"], "only apply to VGG19"),
         (["--device", "cuda:7"] if not sys.modules["torch"].cuda.is_available() else ["--device", "bogus"], "--device"),
     ],
 )
 def test_bad_options(run_cli, images, argv: list[str], fragment: str) -> None:
     _one_line_error(run_cli("compare", str(images.shifted), str(images.reference), *argv), fragment)
-
-
-def test_vgg_layers_without_vgg_say_so(run_cli, images, monkeypatch: pytest.MonkeyPatch) -> None:
-    from contextual_loss.cli import options
-
-    monkeypatch.setattr(options, "vgg_available", lambda: False)
-    result = run_cli("compare", str(images.shifted), str(images.reference), "--vgg-layers", "conv3_2,conv4_2")
-    _one_line_error(result, "--vgg-layers needs VGG19 features", "--patch-size")
 
 
 def test_bad_vgg_layer_syntax(run_cli, images) -> None:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from contextual_loss.features import extract_patches
 from contextual_loss.functional import contextual_bilateral_loss, contextual_loss, contextual_similarity
@@ -120,21 +118,3 @@ def test_folders_to_json_pairs_by_stem(run_cli, folders, tmp_path: Path) -> None
     mean = sum(r["cx_loss"] for r in data["results"]) / 3
     assert data["mean"]["cx_loss"] == pytest.approx(mean)
     assert json.loads(out.read_text())["results"] == data["results"]
-
-
-def test_several_layers_combine_with_weights(run_cli, images, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Until VGG lands, a two-layer extractor is simulated by patching build_features."""
-    from torch import nn
-
-    from contextual_loss.cli import compare, options
-
-    class TwoLayers(nn.Module):
-        def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"a": extract_patches(image, 3), "b": extract_patches(image, 5)}
-
-    spec = options.FeatureSpec(TwoLayers(), {"a": 1.0, "b": 0.5}, "two layers")
-    monkeypatch.setattr(compare, "build_features", lambda args: spec)
-    data = _json(run_cli("compare", str(images.shifted), str(images.reference), "--json"))
-    layers = data["layers"]
-    assert data["cx_loss"] == pytest.approx(layers["a"]["cx_loss"] + 0.5 * layers["b"]["cx_loss"])
-    assert data["cx"] == pytest.approx(math.exp(-data["cx_loss"] / 1.5))

@@ -1,7 +1,7 @@
 """Options and error handling shared by the sub-commands.
 
-Every sub-command describes its features the same way (``--patch-size``, ``--pixels``, and
-``--vgg-layers``/``--weights`` for VGG19 features where the installed version has them) and its loss
+Every sub-command describes its features the same way (``--patch-size``, ``--pixels``, or
+``--vgg-layers`` with ``--weights`` and ``--vgg-pooling`` for VGG19 features) and its loss
 the same way (``--band-width``, ``--loss-type``, ``--weight-sp``, ``--cobi-form``). Problems a user
 can fix (a missing file, a bad option value) raise :class:`CommandError`; ``main`` prints its
 message on one line and exits with status 2.
@@ -10,7 +10,6 @@ message on one line and exits with status 2.
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import sys
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ __all__ = [
     "build_features",
     "load_pair",
     "resolve_device",
-    "vgg_available",
 ]
 
 #: Default longest image side for ``compare`` (images are shrunk to it; 0 keeps the full size).
@@ -76,13 +74,6 @@ positive_int = _number(int, minimum=1, strict=False)
 nonnegative_int = _number(int, minimum=0, strict=False)
 
 
-def vgg_available() -> bool:
-    """Whether the installed package has VGG19 features (``ContextualLoss(layers=..., weights=...)``)."""
-    from contextual_loss.modules import ContextualLoss
-
-    return "layers" in inspect.signature(ContextualLoss).parameters
-
-
 def add_feature_options(parser: argparse.ArgumentParser, *, default_patch_size: int = 5) -> None:
     """Add ``--patch-size``, ``--pixels``, ``--padding``, ``--vgg-layers`` and ``--weights``."""
     group = parser.add_argument_group("features (what is compared; default: 5 x 5 RGB patches)")
@@ -99,7 +90,7 @@ def add_feature_options(parser: argparse.ArgumentParser, *, default_patch_size: 
         "--vgg-layers",
         metavar="LAYERS",
         help="compare VGG19 activations of these layers, e.g. conv3_2,conv4_2 or conv3_2:1,conv4_2:0.5 "
-        "(needs a version with VGG19 features)",
+        "(weighted sum of the layers' losses)",
     )
     group.add_argument(
         "--padding",
@@ -110,7 +101,14 @@ def add_feature_options(parser: argparse.ArgumentParser, *, default_patch_size: 
     group.add_argument(
         "--weights",
         metavar="PATH",
-        help="VGG19 weights with --vgg-layers: a state dict file, or 'imagenet' (torch hub cache)",
+        help="VGG19 weights with --vgg-layers: 'imagenet' (default; the torch hub cache, downloaded when "
+        "missing and online, see `contextual-loss download-weights`), a torchvision state dict file, or 'random'",
+    )
+    group.add_argument(
+        "--vgg-pooling",
+        choices=("max", "avg"),
+        default="max",
+        help="VGG19 pooling: max (torchvision) or avg (the authors' network) (default: max)",
     )
 
 
@@ -193,31 +191,15 @@ def build_features(args: argparse.Namespace) -> FeatureSpec:
     """The feature extractor the options describe, in eval mode.
 
     Raises:
-        CommandError: VGG19 features requested from a version without them, or bad options.
+        CommandError: bad feature options, an unknown VGG19 layer, unreadable or missing weights.
 
     """
     from contextual_loss.modules import ContextualLoss
 
-    if args.weights is not None and args.vgg_layers is None:
-        raise CommandError("--weights only applies to VGG19 features; add --vgg-layers conv3_2,conv4_2")
+    if args.vgg_layers is None and (args.weights is not None or args.vgg_pooling != "max"):
+        raise CommandError("--weights and --vgg-pooling only apply to VGG19 features; add --vgg-layers conv3_2,conv4_2")
     if args.vgg_layers is not None:
-        layers = _parse_layers(args.vgg_layers)
-        if not vgg_available():
-            raise CommandError(
-                "--vgg-layers needs VGG19 features, which this version of contextual-loss does not include yet; "
-                "compare patches (--patch-size N) or pixels (--pixels) instead"
-            )
-        kwargs: dict[str, Any] = {"layers": layers}
-        if args.weights is not None:
-            if args.weights != "imagenet" and not Path(args.weights).is_file():
-                raise CommandError(f"--weights: no such file: {args.weights} (give a state dict file or 'imagenet')")
-            kwargs["weights"] = args.weights
-        try:
-            module = ContextualLoss(**kwargs)
-        except (ValueError, TypeError, OSError, RuntimeError) as error:
-            raise CommandError(f"cannot build VGG19 features: {error}") from error
-        names = ", ".join(f"{name} x{weight:g}" for name, weight in module.layer_weights.items())
-        return FeatureSpec(module.features.eval(), dict(module.layer_weights), f"VGG19 {names}")
+        return _vgg_features(args)
     if args.pixels:
         module = ContextualLoss()
         return FeatureSpec(module.features.eval(), dict(module.layer_weights), "pixels (RGB values)")
@@ -226,6 +208,27 @@ def build_features(args: argparse.Namespace) -> FeatureSpec:
     return FeatureSpec(
         module.features.eval(), dict(module.layer_weights), f"{size}x{size} RGB patches ({args.padding} padding)"
     )
+
+
+def _vgg_features(args: argparse.Namespace) -> FeatureSpec:
+    """VGG19 features of the named layers; weights from the hub cache, a file, or random."""
+    from contextual_loss.modules import ContextualLoss
+
+    layers = _parse_layers(args.vgg_layers)
+    weights: str | None = args.weights or "imagenet"
+    if weights == "random":
+        weights = None
+    elif weights != "imagenet" and not Path(weights).is_file():
+        raise CommandError(f"--weights: no such file: {weights} (give a state dict file, 'imagenet' or 'random')")
+    try:
+        module = ContextualLoss(layers=layers, weights=weights, pooling=args.vgg_pooling)
+    except FileNotFoundError as error:  # the ImageNet weights are not cached and cannot be downloaded
+        raise CommandError(f"VGG19 features: {error} (command line: --weights PATH or --weights random)") from error
+    except (ValueError, TypeError, OSError) as error:  # unknown layer, unreadable weights
+        raise CommandError(f"VGG19 features: {error}") from error
+    names = ", ".join(f"{name} x{weight:g}" for name, weight in module.layer_weights.items())
+    source = {None: "random weights", "imagenet": "ImageNet weights"}.get(weights, f"weights {weights}")
+    return FeatureSpec(module.features.eval(), dict(module.layer_weights), f"VGG19 {names} ({source})")
 
 
 def resolve_device(name: str) -> torch.device:
