@@ -97,15 +97,23 @@ def test_no_command_prints_help(run_cli) -> None:
     assert "compare" in result.err and "explain" in result.err and "demo" in result.err
 
 
-def test_entry_point_reports_without_traceback(tmp_path: Path) -> None:
-    """The real ``python -m contextual_loss`` process: exit status 2 and one line on stderr."""
+def test_entry_point_reports_without_traceback_and_without_matplotlib(tmp_path: Path) -> None:
+    """``python -m contextual_loss`` in a fresh process: exit status 2, one line on stderr, and
+    neither the package's core modules nor the command line import matplotlib (the viz extra)."""
+    code = (
+        "import runpy, sys\n"
+        "import contextual_loss.analysis, contextual_loss.explain, contextual_loss.io, contextual_loss.synthetic\n"
+        "sys.argv = ['contextual-loss', 'compare', sys.argv[1], sys.argv[2]]\n"
+        "try:\n    runpy.run_module('contextual_loss', run_name='__main__')\n"
+        "except SystemExit as exit_:\n    print(exit_.code, 'matplotlib' in sys.modules)\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     process = subprocess.run(
-        [sys.executable, "-m", "contextual_loss", "compare", str(tmp_path / "a.png"), str(tmp_path / "b.png")],
+        [sys.executable, "-c", code, str(tmp_path / "a.png"), str(tmp_path / "b.png")],
         capture_output=True,
         text=True,
         env=env,
         timeout=120,
     )
-    assert process.returncode == 2
+    assert process.stdout.split() == ["2", "False"], process.stderr
     assert process.stderr.strip() == f"contextual-loss: error: PRED: no such file or folder: {tmp_path / 'a.png'}"
