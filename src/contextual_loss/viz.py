@@ -139,27 +139,31 @@ def _draw_displacement(ax: Axes, explanation: MatchExplanation, max_arrows: int)
     height, width = field.shape[:2]
     step = max(1, math.ceil(max(height, width) / max_arrows))
     rows, cols = np.mgrid[step // 2 : height : step, step // 2 : width : step]
-    # Arrows start at the target cell and end at the cell of its match in the prediction.
-    ax.quiver(
-        cols,
-        rows,
-        field[rows, cols, 1],
-        field[rows, cols, 0],
-        angles="xy",
-        scale_units="xy",
-        scale=1.0,
-        color="black",
-        alpha=0.75,
-        width=0.005,
-        headwidth=4.0,
-        minlength=0.0,
-    )
+    # Arrows start at the target cell and end at the cell of its match in the prediction; matches far
+    # beyond the typical displacement (e.g. content that entered at a border) are drawn faint.
+    far = magnitude[rows, cols] > 3.0 * scale
+    for mask, colour, alpha in ((~far, "black", 0.8), (far, "0.45", 0.35)):
+        if mask.any():
+            ax.quiver(
+                cols[mask],
+                rows[mask],
+                field[rows, cols, 1][mask],
+                field[rows, cols, 0][mask],
+                angles="xy",
+                scale_units="xy",
+                scale=1.0,
+                color=colour,
+                alpha=alpha,
+                width=0.005,
+                headwidth=4.0,
+                minlength=0.0,
+            )
     ax.set_xlim(-0.5, width - 0.5)
     ax.set_ylim(height - 0.5, -0.5)
     ax.set_xticks([])
     ax.set_yticks([])
     median = float(np.median(magnitude))
-    ax.set_title(f"displacement to each target cell's match\n(median {median:.1f} cells; wheel: direction)", fontsize=9)
+    ax.set_title(f"displacement to each target cell's match\n(median {median:.1f} cells; faint: far off)", fontsize=9)
     inset = ax.inset_axes((1.02, 0.0, 0.18, 0.18))
     _colour_wheel(inset)
 

@@ -69,6 +69,8 @@ def _write_outputs(study: MisalignmentStudy, out: Path, figures: bool) -> list[P
     out.mkdir(parents=True, exist_ok=True)
     written = [save_image(study.reference, out / "texture.png")]
     for label, image in study.copies.items():
+        if label == "shift 0 px":  # the reference itself
+            continue
         name = label.replace(" ", "_").replace("°", "deg")
         written.append(save_image(image, out / f"texture_{name}.png"))
     if not figures:
