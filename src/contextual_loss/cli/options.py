@@ -1,0 +1,262 @@
+"""Options and error handling shared by the sub-commands.
+
+Every sub-command describes its features the same way (``--patch-size``, ``--pixels``, or
+``--vgg-layers`` with ``--weights`` and ``--vgg-pooling`` for VGG19 features) and its loss
+the same way (``--band-width``, ``--loss-type``, ``--weight-sp``, ``--cobi-form``). Problems a user
+can fix (a missing file, a bad option value) raise :class:`CommandError`; ``main`` prints its
+message on one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+from torch import nn
+
+from contextual_loss.io import load_image
+
+__all__ = [
+    "CommandError",
+    "FeatureSpec",
+    "OneLineParser",
+    "add_feature_options",
+    "add_loss_options",
+    "build_features",
+    "load_pair",
+    "resolve_device",
+]
+
+#: Default longest image side for ``compare`` (images are shrunk to it; 0 keeps the full size).
+#: The cost grows with (H W)^2: with the dense engine a 64 x 64 pair took 5 s (CX and CoBi)
+#: on two busy CPU cores, 128 x 128 about a minute and 7 GB of memory.
+DEFAULT_MAX_SIDE = 64
+
+
+class CommandError(Exception):
+    """A problem the user can fix; printed as one line, exit status 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block) and exit with status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``PROG: error: MESSAGE (see PROG --help)`` to stderr and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, *, minimum: float, strict: bool) -> Any:
+    """An argparse ``type`` that parses ``kind`` and checks the lower bound."""
+    relation = ">" if strict else ">="
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            expected = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"expected a value {relation} {minimum:g}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+positive_float = _number(float, minimum=0.0, strict=True)
+nonnegative_float = _number(float, minimum=0.0, strict=False)
+positive_int = _number(int, minimum=1, strict=False)
+nonnegative_int = _number(int, minimum=0, strict=False)
+
+
+def add_feature_options(parser: argparse.ArgumentParser, *, default_patch_size: int = 5) -> None:
+    """Add ``--patch-size``, ``--pixels``, ``--padding``, ``--vgg-layers`` and ``--weights``."""
+    group = parser.add_argument_group("features (what is compared; default: 5 x 5 RGB patches)")
+    choice = group.add_mutually_exclusive_group()
+    choice.add_argument(
+        "--patch-size",
+        type=positive_int,
+        default=default_patch_size,
+        metavar="N",
+        help=f"compare the n x n patches around every pixel (default: {default_patch_size})",
+    )
+    choice.add_argument("--pixels", action="store_true", help="compare single pixels (their RGB values)")
+    choice.add_argument(
+        "--vgg-layers",
+        metavar="LAYERS",
+        help="compare VGG19 activations of these layers, e.g. conv3_2,conv4_2 or conv3_2:1,conv4_2:0.5 "
+        "(weighted sum of the layers' losses)",
+    )
+    group.add_argument(
+        "--padding",
+        choices=("reflect", "zero", "none"),
+        default="reflect",
+        help="how patches at the border are completed (default: reflect)",
+    )
+    group.add_argument(
+        "--weights",
+        metavar="PATH",
+        help="VGG19 weights with --vgg-layers: 'imagenet' (default; the torch hub cache, downloaded when "
+        "missing and online, see `contextual-loss download-weights`), a torchvision state dict file, or 'random'",
+    )
+    group.add_argument(
+        "--vgg-pooling",
+        choices=("max", "avg"),
+        default="max",
+        help="VGG19 pooling: max (torchvision) or avg (the authors' network) (default: max)",
+    )
+
+
+def add_loss_options(
+    parser: argparse.ArgumentParser, *, max_side: int = DEFAULT_MAX_SIDE, sampling: bool = True
+) -> None:
+    """Add the loss, size and device options (``--max-points`` and ``--seed`` only with ``sampling``)."""
+    group = parser.add_argument_group("loss")
+    group.add_argument(
+        "--band-width", type=positive_float, default=0.5, metavar="H", help="band width h > 0 (default: 0.5)"
+    )
+    group.add_argument(
+        "--loss-type",
+        choices=("cosine", "l1", "l2"),
+        default="cosine",
+        help="distance between features (default: cosine)",
+    )
+    group.add_argument(
+        "--weight-sp",
+        type=nonnegative_float,
+        default=0.1,
+        metavar="W",
+        help="CoBi's spatial weight w_s (default: 0.1)",
+    )
+    group.add_argument(
+        "--cobi-form",
+        choices=("paper", "released"),
+        default="paper",
+        help="CoBi as in the paper (default) or the released code's mixture (reproduction only)",
+    )
+    size = parser.add_argument_group("size and device")
+    size.add_argument(
+        "--max-side",
+        type=nonnegative_int,
+        default=max_side,
+        metavar="PX",
+        help=f"shrink images so that their longer side is at most PX pixels; 0 keeps the full size "
+        f"(cost grows with the 4th power of the side; default: {max_side})",
+    )
+    if sampling:
+        _add_sampling(size)
+    size.add_argument(
+        "--device", default="auto", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)"
+    )
+
+
+def _add_sampling(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--max-points",
+        type=positive_int,
+        metavar="N",
+        help="compare at most N randomly drawn positions per image (the authors used 4225 = 65 x 65)",
+    )
+    group.add_argument("--seed", type=int, default=0, help="seed of the position sampling (default: 0)")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """A feature extractor, its layer weights and a one-line description."""
+
+    extractor: nn.Module
+    layer_weights: dict[str, float]
+    description: str
+
+
+def _parse_layers(text: str) -> dict[str, float]:
+    layers: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, weight = item.partition(":")
+        try:
+            layers[name.strip()] = float(weight) if weight else 1.0
+        except ValueError:
+            raise CommandError(f"--vgg-layers: expected NAME or NAME:WEIGHT, got {item!r}") from None
+    if not layers:
+        raise CommandError(f"--vgg-layers: expected layer names such as conv3_2,conv4_2, got {text!r}")
+    return layers
+
+
+def build_features(args: argparse.Namespace) -> FeatureSpec:
+    """The feature extractor the options describe, in eval mode.
+
+    Raises:
+        CommandError: bad feature options, an unknown VGG19 layer, unreadable or missing weights.
+
+    """
+    from contextual_loss.modules import ContextualLoss
+
+    if args.vgg_layers is None and (args.weights is not None or args.vgg_pooling != "max"):
+        raise CommandError("--weights and --vgg-pooling only apply to VGG19 features; add --vgg-layers conv3_2,conv4_2")
+    if args.vgg_layers is not None:
+        return _vgg_features(args)
+    if args.pixels:
+        module = ContextualLoss()
+        return FeatureSpec(module.features.eval(), dict(module.layer_weights), "pixels (RGB values)")
+    module = ContextualLoss(patch_size=args.patch_size, padding=args.padding)
+    size = args.patch_size
+    return FeatureSpec(
+        module.features.eval(), dict(module.layer_weights), f"{size}x{size} RGB patches ({args.padding} padding)"
+    )
+
+
+def _vgg_features(args: argparse.Namespace) -> FeatureSpec:
+    """VGG19 features of the named layers; weights from the hub cache, a file, or random."""
+    from contextual_loss.modules import ContextualLoss
+
+    layers = _parse_layers(args.vgg_layers)
+    weights: str | None = args.weights or "imagenet"
+    if weights == "random":
+        weights = None
+    elif weights != "imagenet" and not Path(weights).is_file():
+        raise CommandError(f"--weights: no such file: {weights} (give a state dict file, 'imagenet' or 'random')")
+    try:
+        module = ContextualLoss(layers=layers, weights=weights, pooling=args.vgg_pooling)
+    except FileNotFoundError as error:  # the ImageNet weights are not cached and cannot be downloaded
+        raise CommandError(f"VGG19 features: {error} (command line: --weights PATH or --weights random)") from error
+    except (ValueError, TypeError, OSError) as error:  # unknown layer, unreadable weights
+        raise CommandError(f"VGG19 features: {error}") from error
+    names = ", ".join(f"{name} x{weight:g}" for name, weight in module.layer_weights.items())
+    source = {None: "random weights", "imagenet": "ImageNet weights"}.get(weights, f"weights {weights}")
+    return FeatureSpec(module.features.eval(), dict(module.layer_weights), f"VGG19 {names} ({source})")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; otherwise the named device, checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise CommandError(f"--device: unknown device {name!r} ({error})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CommandError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def load_pair(
+    prediction: str | os.PathLike, target: str | os.PathLike, max_side: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both images as (1, 3, H, W) tensors on ``device``, shrunk to ``max_side`` (0: full size)."""
+    side = max_side or None
+    return (
+        load_image(prediction, max_side=side).to(device),
+        load_image(target, max_side=side).to(device),
+    )
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr."""
+    print(f"contextual-loss: warning: {message}", file=sys.stderr)

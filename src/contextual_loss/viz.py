@@ -1,0 +1,352 @@
+"""Figures of what the contextual loss matched (needs the ``viz`` extra: matplotlib).
+
+matplotlib is imported only when a function here is called, so the rest of the package never
+needs it; without it, :func:`require_matplotlib` raises :class:`MissingExtraError`, which says
+``pip install "contextual-loss[viz]"``. Figures are drawn with the object-oriented API on the
+non-interactive Agg canvas, so they work on machines without a display.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from torch import Tensor
+
+from contextual_loss.explain import MatchExplanation
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from contextual_loss.analysis import MisalignmentStudy
+
+__all__ = [
+    "MissingExtraError",
+    "displacement_to_rgb",
+    "plot_explanation",
+    "plot_misalignment",
+    "require_matplotlib",
+    "save_figure",
+]
+
+#: Matrices up to this many rows and columns get their values written in the cells.
+ANNOTATE_LIMIT = 12
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency is missing; the message names the extra that installs it."""
+
+
+def require_matplotlib() -> Any:
+    """Import matplotlib's ``Figure`` class with the Agg canvas, or explain how to install it.
+
+    Returns:
+        ``matplotlib.figure.Figure``.
+
+    Raises:
+        MissingExtraError: matplotlib is not installed.
+
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise MissingExtraError(
+            "plotting needs matplotlib, which is not installed; install the viz extra: "
+            'pip install "contextual-loss[viz]"'
+        ) from error
+    return Figure
+
+
+def save_figure(figure: Figure, path: str | os.PathLike, *, dpi: int = 100) -> Path:
+    """Write ``figure`` to ``path`` (PNG by its ending), creating the folder; returns the path."""
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(file, dpi=dpi, bbox_inches="tight")
+    return file
+
+
+def displacement_to_rgb(displacement: Tensor | np.ndarray, max_magnitude: float | None = None) -> np.ndarray:
+    """Colour a (H, W, 2) field of (row, col) displacements: hue = direction, saturation = length.
+
+    Zero displacement is white; a displacement of ``max_magnitude`` (default: the largest in
+    the field) is fully saturated. Right is red, down is yellow-green, left cyan, up violet.
+
+    Returns:
+        (H, W, 3) float array in [0, 1].
+
+    """
+    field = np.asarray(displacement, dtype=np.float64)
+    dy, dx = field[..., 0], field[..., 1]
+    magnitude = np.hypot(dx, dy)
+    scale = max_magnitude if max_magnitude else max(float(magnitude.max()), 1e-12)
+    hue = (np.arctan2(dy, dx) / (2 * math.pi)) % 1.0
+    saturation = np.clip(magnitude / scale, 0.0, 1.0)
+    return _hsv_to_rgb(hue, saturation)
+
+
+def _hsv_to_rgb(hue: np.ndarray, saturation: np.ndarray) -> np.ndarray:
+    """HSV (value 1) to RGB without importing matplotlib."""
+    sector = np.floor(hue * 6.0)
+    frac = hue * 6.0 - sector
+    p, q, t = 1.0 - saturation, 1.0 - saturation * frac, 1.0 - saturation * (1.0 - frac)
+    one = np.ones_like(hue)
+    choices = [(one, t, p), (q, one, p), (p, one, t), (p, q, one), (t, p, one), (one, p, q)]
+    sector = sector.astype(int) % 6
+    rgb = np.zeros((*hue.shape, 3))
+    for k, (r, g, b) in enumerate(choices):
+        mask = sector == k
+        rgb[mask] = np.stack((r[mask], g[mask], b[mask]), axis=-1)
+    return rgb
+
+
+def _image_array(image: Tensor) -> np.ndarray:
+    array = image.detach().float().cpu()
+    if array.ndim == 4:
+        array = array[0]
+    array = array.clamp(0, 1).permute(1, 2, 0).numpy()
+    return array[..., 0] if array.shape[-1] == 1 else array
+
+
+def _show_image(ax: Axes, image: Tensor, title: str) -> None:
+    array = _image_array(image)
+    ax.imshow(array, cmap="gray" if array.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _colour_wheel(ax: Axes) -> None:
+    """A small legend disc: the colour of each displacement direction."""
+    size = 41
+    grid = np.linspace(-1, 1, size)
+    cols, rows = np.meshgrid(grid, grid)
+    wheel = displacement_to_rgb(np.stack((rows, cols), axis=-1), max_magnitude=1.0)
+    alpha = (np.hypot(rows, cols) <= 1.0).astype(float)
+    ax.imshow(np.concatenate((wheel, alpha[..., None]), axis=-1), interpolation="bilinear")
+    ax.set_axis_off()
+
+
+def _draw_displacement(ax: Axes, explanation: MatchExplanation, max_arrows: int) -> None:
+    field = explanation.displacement.numpy()
+    magnitude = np.hypot(field[..., 0], field[..., 1])
+    # Saturate at the typical displacement, so a few far-off matches do not wash out the rest.
+    scale = max(float(np.percentile(magnitude, 90)), 1.0)
+    ax.imshow(displacement_to_rgb(field, max_magnitude=scale), interpolation="nearest")
+    height, width = field.shape[:2]
+    step = max(1, math.ceil(max(height, width) / max_arrows))
+    rows, cols = np.mgrid[step // 2 : height : step, step // 2 : width : step]
+    # Arrows start at the target cell and end at the cell of its match in the prediction; matches far
+    # beyond the typical displacement (e.g. content that entered at a border) are drawn faint.
+    far = magnitude[rows, cols] > 3.0 * scale
+    for mask, colour, alpha in ((~far, "black", 0.8), (far, "0.45", 0.35)):
+        if mask.any():
+            ax.quiver(
+                cols[mask],
+                rows[mask],
+                field[rows, cols, 1][mask],
+                field[rows, cols, 0][mask],
+                angles="xy",
+                scale_units="xy",
+                scale=1.0,
+                color=colour,
+                alpha=alpha,
+                width=0.005,
+                headwidth=4.0,
+                minlength=0.0,
+            )
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    median = float(np.median(magnitude))
+    ax.set_title(f"displacement to each target cell's match\n(median {median:.1f} cells; faint: far off)", fontsize=9)
+    inset = ax.inset_axes((1.02, 0.0, 0.18, 0.18))
+    _colour_wheel(inset)
+
+
+def _short(value: float) -> str:
+    """Three decimals, or scientific notation for tiny values (CX_ij spans many decades)."""
+    return f"{value:.3f}" if value == 0.0 or abs(value) >= 0.001 else f"{value:.0e}"
+
+
+def _draw_matrix(ax: Axes, matrix: np.ndarray, title: str, *, cmap: str, fmt: Any, mark_column_max: bool) -> Any:
+    image = ax.imshow(matrix, cmap=cmap, interpolation="nearest", aspect="auto")
+    rows, cols = matrix.shape
+    ax.set_xlabel("target j")
+    ax.set_ylabel("prediction i")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks(range(cols) if cols <= ANNOTATE_LIMIT else [])
+    ax.set_yticks(range(rows) if rows <= ANNOTATE_LIMIT else [])
+    if rows > ANNOTATE_LIMIT or cols > ANNOTATE_LIMIT:
+        return image
+    best = matrix.argmax(axis=0)
+    for i in range(rows):
+        for j in range(cols):
+            # White text where the colour map is dark.
+            dark = sum(image.cmap(image.norm(matrix[i, j]))[:3]) < 1.5
+            bold = mark_column_max and best[j] == i
+            ax.text(
+                j,
+                i,
+                fmt(float(matrix[i, j])),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if dark else "black",
+                fontweight="bold" if bold else "normal",
+            )
+            if bold:
+                ax.add_patch(_rectangle(j, i))
+    return image
+
+
+def _rectangle(col: int, row: int) -> Any:
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2)
+
+
+def plot_explanation(
+    explanation: MatchExplanation,
+    prediction: Tensor | None = None,
+    target: Tensor | None = None,
+    *,
+    title: str | None = None,
+    max_arrows: int = 12,
+) -> Figure:
+    """Draw what the loss matched: the images, the match displacements, the per-target similarity.
+
+    Top row: the prediction and target images (when given); the displacement from each target
+    cell to its match in the prediction, coloured by direction (hue) and length (saturation),
+    with arrows on a coarse grid; and the per-target best similarity max_i CX_ij, with targets
+    whose match is shared by another target hatched. When the explanation carries the matrices
+    (small sets), a second row shows d~_ij and CX_ij, the column maxima (the matches) boxed in red.
+
+    Args:
+        explanation: from :func:`contextual_loss.explain.explain_match`.
+        prediction: the prediction image (1, C, H, W), for display.
+        target: the target image, for display.
+        title: figure title; by default the CX value and the one-to-one fraction.
+        max_arrows: arrows along the longer side of the map.
+
+    Returns:
+        A matplotlib ``Figure`` (Agg canvas); save it with :func:`save_figure`.
+
+    """
+    Figure = require_matplotlib()
+    images = [(img, name) for img, name in ((prediction, "prediction"), (target, "target")) if img is not None]
+    has_matrices = explanation.cx_matrix is not None
+    ncols = len(images) + 2
+    figure = Figure(figsize=(3.2 * ncols, 6.0 if has_matrices else 3.4), layout="constrained")
+    grid = figure.add_gridspec(2, ncols, height_ratios=[1, 1.4]) if has_matrices else figure.add_gridspec(1, ncols)
+    for k, (img, name) in enumerate(images):
+        _show_image(figure.add_subplot(grid[0, k]), img, f"{name} {tuple(img.shape[-2:])}")
+    _draw_displacement(figure.add_subplot(grid[0, len(images)]), explanation, max_arrows)
+    ax = figure.add_subplot(grid[0, len(images) + 1])
+    similarity = ax.imshow(explanation.similarity.numpy(), cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest")
+    shared = ~explanation.unique.numpy()
+    if shared.any():
+        ax.contourf(shared.astype(float), levels=[0.5, 1.5], colors="none", hatches=["///"])
+    ax.set_title("best similarity max_i CX_ij\n(hatched: match not one-to-one)", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    figure.colorbar(similarity, ax=ax, shrink=0.8)
+    if has_matrices:
+        half = ncols // 2
+        ax_d = figure.add_subplot(grid[1, :half])
+        img_d = _draw_matrix(
+            ax_d,
+            np.asarray(explanation.relative_distance),
+            "relative distance d~_ij = d_ij / (min_k d_ik + eps)",
+            cmap="viridis_r",
+            fmt=lambda v: f"{v:.2f}",
+            mark_column_max=False,
+        )
+        figure.colorbar(img_d, ax=ax_d, shrink=0.8)
+        ax_c = figure.add_subplot(grid[1, half:])
+        img_c = _draw_matrix(
+            ax_c,
+            np.asarray(explanation.cx_matrix),
+            "CX_ij (rows sum to 1); red: max over i, the match of j",
+            cmap="magma",
+            fmt=_short,
+            mark_column_max=True,
+        )
+        figure.colorbar(img_c, ax=ax_c, shrink=0.8)
+    settings = explanation.settings
+    loss_name = "CoBi" if settings.get("weight_sp") is not None else "CX"
+    figure.suptitle(
+        title
+        or f"{loss_name} = {explanation.cx:.4f} (loss {-math.log(explanation.cx):.4f}), "
+        f"one-to-one matches {100 * explanation.unique_fraction:.0f}%, band width {settings.get('band_width')}",
+        fontsize=10,
+    )
+    return figure
+
+
+def plot_misalignment(study: MisalignmentStudy, *, show_images: bool = True) -> Figure:
+    """L1 and CX (and CoBi) of shifted and rotated copies, as fractions of the unrelated value.
+
+    Left: the reference, a shifted copy, the rotated copy and the unrelated texture. Right: the
+    fractions against the shift, with the rotation as separate markers.
+    """
+    Figure = require_matplotlib()
+    rotation = [row for row in study.rows if row.angle]
+    shifts = [row for row in study.rows if row.label.startswith("shift")]
+    figure = Figure(figsize=(9.5 if show_images else 5.0, 3.6), layout="constrained")
+    grid = figure.add_gridspec(2, 4 if show_images else 1, width_ratios=[1, 1, 2.6, 0.01] if show_images else None)
+    if show_images:
+        largest = max(shifts, key=lambda r: r.shift)
+        picks = [("reference (target)", study.reference), (largest.label, study.copies[largest.label])]
+        picks += [(row.label, study.copies[row.label]) for row in rotation]
+        picks.append(("unrelated", study.copies["unrelated"]))
+        for k, (name, image) in enumerate(picks[:4]):
+            _show_image(figure.add_subplot(grid[k // 2, k % 2]), image, name)
+        ax = figure.add_subplot(grid[:, 2])
+    else:
+        ax = figure.add_subplot(grid[:, 0])
+    xs = [row.shift for row in shifts]
+    ax.plot(xs, [row.l1_fraction for row in shifts], "o-", color="tab:red", label="L1 (pixels)")
+    ax.plot(
+        xs,
+        [row.cx_fraction for row in shifts],
+        "s-",
+        color="tab:blue",
+        label=f"CX loss ({study.patch_size}x{study.patch_size} patches)",
+    )
+    if shifts and shifts[0].cobi_fraction is not None:
+        ax.plot(
+            xs,
+            [row.cobi_fraction for row in shifts],
+            "^-",
+            color="tab:green",
+            label=f"CoBi loss (w_s={study.weight_sp})",
+        )
+    for row in rotation:
+        ax.plot([xs[-1] + 1.5], [row.l1_fraction], "o", color="tab:red", mfc="white")
+        ax.plot([xs[-1] + 1.5], [row.cx_fraction], "s", color="tab:blue", mfc="white")
+        if row.cobi_fraction is not None:
+            ax.plot([xs[-1] + 1.5], [row.cobi_fraction], "^", color="tab:green", mfc="white")
+        ax.annotate(
+            row.label,
+            (xs[-1] + 1.5, row.l1_fraction),
+            textcoords="offset points",
+            xytext=(0, 8),
+            fontsize=8,
+            ha="center",
+        )
+    ax.axhline(0.1, color="tab:blue", ls=":", lw=1)
+    ax.axhline(0.4, color="tab:red", ls=":", lw=1)
+    ax.set_xticks([*xs, *([xs[-1] + 1.5] if rotation else [])])
+    ax.set_xticklabels([*map(str, xs), *(["rot."] if rotation else [])])
+    ax.set_xlabel("horizontal shift (px)")
+    ax.set_ylabel("loss / loss for an unrelated texture")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlim(-0.5, xs[-1] + 2.7)
+    ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 0.12))
+    ax.set_title(f"misaligned copies of a {study.size}x{study.size} texture, band width {study.band_width}", fontsize=9)
+    return figure
