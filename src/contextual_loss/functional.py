@@ -158,8 +158,8 @@ def contextual_similarity(
         CX_{ij} = \frac{\exp((1 - \tilde d_{ij}) / h)}{\sum_k \exp((1 - \tilde d_{ik}) / h)},
         \quad \tilde d_{ij} = \frac{d_{ij}}{\min_k d_{ik} + \epsilon}.
 
-    CX lies in [1/N, 1]: 1 when every target vector has an exclusive match in the prediction,
-    1/N for unrelated sets. It ignores positions: it is unchanged by permuting either set.
+    CX lies in [1/M, 1] (M target vectors; each row of CX_ij sums to 1): 1 when every target
+    vector has an exclusive match in the prediction, 1/M for unrelated sets. It ignores positions: it is unchanged by permuting either set.
 
     Args:
         x: prediction features (B, C, H, W), floating point. float16/bfloat16 are computed in
@@ -216,7 +216,7 @@ def contextual_loss(
     r"""Contextual Loss :math:`-\log CX(X, Y)` (Mechrez et al., ECCV 2018).
 
     Computed in log space, so it is 0 (never negative) for identical inputs, finite for tiny
-    band widths, and lies in [0, log N]. Arguments as in :func:`contextual_similarity`, plus
+    band widths, and lies in [0, log M] for M target vectors. Arguments as in :func:`contextual_similarity`, plus
     ``reduction``: ``"mean"`` (default) or ``"sum"`` over the batch of per-image losses, or
     ``"none"`` for the (B,) vector.
 
