@@ -100,6 +100,17 @@ def evaluate(out: Path, test_cards: int = 24) -> dict:
 # ----------------------------------------------------------------------------- figures
 
 
+def _save_small(fig, path: Path, dpi: int) -> None:
+    """Save a figure as an optimised RGB PNG (no alpha channel; colours are kept exactly)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    Image.open(buffer).convert("RGB").save(path, optimize=True)
+
+
 def loss_curves_figure(runs: dict, path: Path) -> None:
     """One panel per run: the training loss per step and its running mean."""
     import matplotlib
@@ -118,7 +129,7 @@ def loss_curves_figure(runs: dict, path: Path) -> None:
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_small(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -133,7 +144,7 @@ def comparison_figure(result: dict, path: Path, cards: Sequence[int] = (0, 1, 2)
     titles = ["input (photo)", *(LABELS[c] for c in result["runs"]), "ground truth"]
     images = {**result["images"], "truth": result["truth"]}
     top, left, rows, cols = zoom or (0, 0, *result["truth"].shape[-2:])
-    scale = 2.0 if zoom is None else 3.0
+    scale = 1.0 if zoom is None else 3.0  # integer scales: every output pixel stays a square block
     fig, axes = plt.subplots(
         len(cards), len(columns), figsize=(len(columns) * cols * scale / 100, len(cards) * rows * scale / 100 + 0.3)
     )
@@ -147,7 +158,7 @@ def comparison_figure(result: dict, path: Path, cards: Sequence[int] = (0, 1, 2)
             if r == 0:
                 ax.set_title(title, fontsize=9)
     fig.tight_layout(pad=0.2)
-    fig.savefig(path, dpi=100)
+    _save_small(fig, path, dpi=100)
     plt.close(fig)
 
 

@@ -55,7 +55,7 @@ class TrainConfig:
     """Everything that determines a training run (stored in its checkpoint)."""
 
     loss: str = "cx"
-    steps: int = 300
+    steps: int = 600
     batch_size: int = 8  # global, split over the processes
     crop: int = 48
     lr: float = 2e-3
