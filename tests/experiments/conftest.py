@@ -1,4 +1,4 @@
-"""Shared settings for the experiment tests."""
+"""Fixtures of the experiment tests."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
+@pytest.fixture(scope="module")
+def one_thread():
     """Tiny tensors: one thread is as fast, and far faster than two on a loaded 2-core machine."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

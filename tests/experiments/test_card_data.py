@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from experiments.card_enhancement import data as D
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+
 
 @pytest.fixture(scope="module")
 def sample() -> D.CardSample:

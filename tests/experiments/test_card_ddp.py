@@ -13,6 +13,8 @@ import pytest
 import torch
 from experiments.card_enhancement import train as T
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "experiments" / "card_enhancement" / "train.py"
 
