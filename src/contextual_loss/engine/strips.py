@@ -1,0 +1,231 @@
+r"""Row strips and per-strip distances for the streaming engine.
+
+The streaming engine never holds an N x M matrix: it visits the prediction's rows in full-width
+strips of ``rows`` x M entries, and the strip height comes from a memory budget
+(:func:`plan_strips`). Each distance is written as an *affinity* u with
+
+.. math::
+
+    d_{ij} = \beta_i - u_{ij},
+
+so that the row minimum of d is the row maximum of u, and ``d - min d = max u - u`` needs no
+per-element base. Cosine: u = <x, y> and beta = 1. Squared L2: u = 2 <x, y> - |y|^2 (one GEMM on
+augmented operands) and beta = |x|^2, which cancels exactly in ``d - min d``. L1: u = -d and
+beta = 0. Each class also maps a strip's gradient on d back to the rows of x and to y.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from contextual_loss.maths import CoBiForm, Distance
+
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "StripDistance",
+    "StripPlan",
+    "make_strip_distance",
+    "plan_strips",
+    "row_max_first_index",
+    "spatial_tile",
+]
+
+#: Default workspace of the streaming engine, in bytes (16 MiB): two float32 strips of 2M entries.
+DEFAULT_MEMORY_BUDGET = 16 * 2**20
+
+
+@dataclass(frozen=True)
+class StripPlan:
+    """How the streaming engine cuts an N x M problem into full-width row strips.
+
+    Attributes:
+        rows: prediction rows per strip (the last strip may be shorter).
+        columns: M, the width of every strip.
+        tiles: strip-sized buffers alive at once (2, plus 1 for L1 and 1 for a CoBi spatial term).
+        itemsize: bytes per entry of the compute dtype.
+
+    """
+
+    rows: int
+    columns: int
+    tiles: int
+    itemsize: int
+
+    @property
+    def workspace_bytes(self) -> int:
+        """Bytes of the strip buffers alive at once: the engine's memory beyond O((N + M) C)."""
+        return self.rows * self.columns * self.tiles * self.itemsize
+
+
+def plan_strips(n: int, m: int, *, dtype: torch.dtype, memory_budget: int, tiles: int) -> StripPlan:
+    """Largest strip height whose ``tiles`` buffers of ``rows x m`` entries fit in ``memory_budget`` bytes.
+
+    At least one row is used, so a budget below one row's ``tiles * m`` entries is exceeded by
+    that single row (the engine streams rows, not 2-D tiles).
+    """
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    rows = max(1, min(n, memory_budget // (m * tiles * itemsize)))
+    return StripPlan(rows=rows, columns=m, tiles=tiles, itemsize=itemsize)
+
+
+def row_max_first_index(u: Tensor, block: int = 128) -> tuple[Tensor, Tensor]:
+    """Row maxima of a strip and the first column index attaining each, like ``u.max(dim=1)``.
+
+    On CPU a reduction with indices costs several times a plain ``amax``; here one ``amax`` over
+    blocks of ``block`` columns finds the maxima, and only the first block holding each row's
+    maximum is searched for its index.
+    """
+    cols = u.shape[1]
+    full = cols - cols % block
+    parts = [u[:, :full].unflatten(1, (full // block, block)).amax(dim=2)] if full else []
+    if full < cols:
+        parts.append(u[:, full:].amax(dim=1, keepdim=True))
+    block_max = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+    row_max = block_max.amax(dim=1)
+    first_block = (block_max == row_max.unsqueeze(1)).to(torch.uint8).argmax(dim=1)
+    # Columns of that block; the tail block is padded with the last column, which cannot come first.
+    candidates = (first_block.unsqueeze(1) * block + torch.arange(block, device=u.device)).clamp_max_(cols - 1)
+    hit = (u.gather(1, candidates) == row_max.unsqueeze(1)).to(torch.uint8).argmax(dim=1)
+    return row_max, candidates.gather(1, hit.unsqueeze(1)).squeeze(1)
+
+
+def spatial_tile(pos_x: Tensor, pos_y: Tensor, form: CoBiForm) -> Tensor:
+    """CoBi's spatial distance D' between a strip's positions (b, 2) and all target positions (M, 2).
+
+    ``paper``: Euclidean distance; ``released``: squared Euclidean distance. Differences are formed
+    directly (no GEMM expansion), so co-located positions get exactly 0, as in the dense reference.
+    """
+    d = torch.cdist(pos_x, pos_y, p=2.0, compute_mode="donot_use_mm_for_euclid_dist")
+    return d.square_() if form == "released" else d
+
+
+class StripDistance:
+    """Per-image operands of one feature distance, evaluated and differentiated strip by strip.
+
+    Subclasses set ``base`` (beta_i of the module docstring, (N,)), ``clamp`` (whether the row
+    minimum of d is clamped at 0 against rounding, as the dense reference clamps d), and
+    ``extra_tiles`` (strip buffers the distance allocates itself).
+    """
+
+    clamp: bool = True
+    extra_tiles: int = 0
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        self.x, self.y = x, y
+        self.base = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+
+    def affinity(self, rows: Tensor | slice, out: Tensor, scale: Tensor | None = None) -> Tensor:
+        """U (times the per-row ``scale`` if given) of the given prediction rows against every target.
+
+        The result is written to ``out`` when the distance is a GEMM (then the scale is folded
+        into the small operand for free).
+        """
+        raise NotImplementedError
+
+    def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor) -> None:
+        """Accumulate the gradient of a strip into ``dx`` rows and the internal target accumulator.
+
+        The gradient on the strip's distances is ``scale[:, None] * grad``: the row scale is kept
+        apart so that it can be folded into the small GEMM operands. ``grad`` may be overwritten.
+        """
+        raise NotImplementedError
+
+    def target_gradient(self) -> Tensor:
+        """The accumulated gradient on y, (M, C)."""
+        raise NotImplementedError
+
+
+class _CosineDistance(StripDistance):
+    """d = 1 - <x, y> on centred unit (or zero) vectors; u = <x, y>."""
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        super().__init__(x, y)
+        self._dy = torch.zeros_like(y)
+
+    def affinity(self, rows: Tensor | slice, out: Tensor, scale: Tensor | None = None) -> Tensor:
+        xs = self.x[rows] if scale is None else self.x[rows] * scale.unsqueeze(1)
+        return torch.matmul(xs, self.y.mT, out=out)
+
+    def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor) -> None:
+        # d = 1 - <x, y>: the gradient on u is minus the gradient on d.
+        xs = self.x[rows]
+        dx[rows] = (grad @ self.y).mul_(-scale.unsqueeze(1))
+        self._dy.addmm_(grad.mT, xs * scale.unsqueeze(1), alpha=-1.0)
+
+    def target_gradient(self) -> Tensor:
+        return self._dy
+
+
+class _SquaredL2Distance(StripDistance):
+    """d = |x|^2 + |y|^2 - 2 <x, y>; u = [x, 1] [2y, -|y|^2]^T in one GEMM, beta = |x|^2."""
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        super().__init__(x, y)
+        ones_x = x.new_ones(x.shape[0], 1)
+        ones_y = y.new_ones(y.shape[0], 1)
+        self.base = x.pow(2).sum(-1)
+        self._x1 = torch.cat((x, ones_x), dim=1)
+        self._y_aug = torch.cat((2.0 * y, -y.pow(2).sum(-1, keepdim=True)), dim=1)
+        self._y1 = torch.cat((y, ones_y), dim=1)
+        # Columns :C accumulate Dbar^T x, column C the column sums of Dbar.
+        self._acc = y.new_zeros(y.shape[0], y.shape[1] + 1)
+
+    def affinity(self, rows: Tensor | slice, out: Tensor, scale: Tensor | None = None) -> Tensor:
+        xs = self._x1[rows] if scale is None else self._x1[rows] * scale.unsqueeze(1)
+        return torch.matmul(xs, self._y_aug.mT, out=out)
+
+    def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor) -> None:
+        # dx_i = 2 (rowsum_i(D) x_i - (D y)_i), dy_j = 2 (colsum_j(D) y_j - (D^T x)_j), D = scale * grad;
+        # the ones column of y1 / of the scaled x gives the row / column sums inside the GEMMs.
+        xs = self.x[rows]
+        py = grad @ self._y1
+        c = xs.shape[1]
+        dx[rows] = (xs * py[:, c:] - py[:, :c]).mul_(2.0 * scale.unsqueeze(1))
+        self._acc.addmm_(grad.mT, self._x1[rows] * scale.unsqueeze(1))
+
+    def target_gradient(self) -> Tensor:
+        c = self.y.shape[1]
+        return 2.0 * (self._acc[:, c:] * self.y - self._acc[:, :c])
+
+
+class _L1Distance(StripDistance):
+    """d = sum |x - y| (torch.cdist, p = 1); u = -d. The backward is autograd of one strip's cdist."""
+
+    clamp = False
+    extra_tiles = 1
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        super().__init__(x, y)
+        self.base = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        self._dy = torch.zeros_like(y)
+
+    def affinity(self, rows: Tensor | slice, out: Tensor, scale: Tensor | None = None) -> Tensor:
+        d = torch.cdist(self.x[rows], self.y, p=1.0)
+        return d.neg_() if scale is None else d.mul_(-scale.unsqueeze(1))
+
+    def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor) -> None:
+        with torch.enable_grad():
+            xs = self.x[rows].detach().requires_grad_(True)
+            y = self.y.detach().requires_grad_(True)
+            d = torch.cdist(xs, y, p=1.0)
+            gx, gy = torch.autograd.grad(d, (xs, y), grad.mul_(scale.unsqueeze(1)))
+        dx[rows] = gx
+        self._dy.add_(gy)
+
+    def target_gradient(self) -> Tensor:
+        return self._dy
+
+
+_DISTANCES: dict[str, type[StripDistance]] = {
+    "cosine": _CosineDistance,
+    "l2": _SquaredL2Distance,
+    "l1": _L1Distance,
+}
+
+
+def make_strip_distance(x: Tensor, y: Tensor, loss_type: Distance) -> StripDistance:
+    """The strip evaluator of ``loss_type`` for one image's prepared sets x (N, C) and y (M, C)."""
+    return _DISTANCES[loss_type](x, y)
