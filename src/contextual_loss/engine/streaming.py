@@ -47,6 +47,7 @@ from contextual_loss.engine.strips import (
     DEFAULT_MEMORY_BUDGET,
     StripDistance,
     StripPlan,
+    exp_without_underflow,
     make_strip_distance,
     plan_strips,
     row_max_first_index,
@@ -193,25 +194,33 @@ def _strip_affinity(
     """Affinities of a strip (times the row ``scale`` if given); CoBi's paper form adds w_s D' to d."""
     u = dist.affinity(rows, out, scale)
     spatial = opts.paper_spatial
-    if spatial is not None:
+    if spatial is not None:  # (the distance's floor of u is lowered by w_s * reach in _floor)
         d_sp = spatial_tile(pos[0][rows], pos[1], "paper")
         u.sub_(d_sp.mul_(spatial.weight if scale is None else scale.unsqueeze(1) * spatial.weight))
     return u
 
 
 def _log_softmax_rows(
-    u: Tensor, work: Tensor, base: Tensor, clamp: bool, band_width: float, eps: float, need_entropy: bool
+    u: Tensor,
+    work: Tensor,
+    base: Tensor,
+    floor: Tensor,
+    clamp: bool,
+    band_width: float,
+    eps: float,
+    need_entropy: bool,
 ) -> dict[str, Tensor]:
     """Turn a strip of affinities into a_ij = log CX_ij in place; return the row statistics.
 
-    ``work`` is scratch of the strip's shape.
+    ``base`` and ``floor`` are the rows' beta_i and lower bounds of u; ``work`` is scratch of the
+    strip's shape.
     """
     umax, argmin = row_max_first_index(u)
     m_raw = base - umax
     m = m_raw.clamp_min(0.0) if clamp else m_raw
     scale = (m + eps).mul_(band_width).reciprocal_()
     u.sub_(umax.unsqueeze(1)).mul_(scale.unsqueeze(1))  # t <= 0, exactly 0 at the row maximum
-    torch.exp(u, out=work).scatter_(1, argmin.unsqueeze(1), 0.0)
+    exp_without_underflow(u, (floor - umax) * scale, out=work).scatter_(1, argmin.unsqueeze(1), 0.0)
     z = work.sum(dim=1)
     log_norm = torch.log1p(z)  # the exact 1 at k(i) is kept out of the sum: accurate for one-hot rows
     stats = {"umax": umax, "argmin": argmin, "scale": scale, "log_norm": log_norm}
@@ -226,10 +235,20 @@ def _released_mixture(a: Tensor, out: Tensor, rows: slice, opts: _Options, pos: 
     """log((1 - w) CX_feat + w CX_spatial) of a strip, into ``out``: the released CoBi code's mixture."""
     weight = opts.spatial.weight
     b = spatial_tile(pos[0][rows], pos[1], "released").neg_()  # affinity -D' (base 0, no clamp)
-    _log_softmax_rows(b, out, torch.zeros_like(b[:, 0]), False, opts.band_width, opts.eps, False)
+    base = torch.zeros_like(b[:, 0])
+    _log_softmax_rows(b, out, base, base - _spatial_reach(pos) ** 2, False, opts.band_width, opts.eps, False)
     b.add_(math.log(weight))
     torch.add(a, math.log1p(-weight) if weight < 1.0 else -math.inf, out=out)
     return torch.logaddexp(out, b, out=out)
+
+
+_LARGE_TILE = 2**15
+
+
+def _spatial_reach(pos: tuple[Tensor, Tensor]) -> float:
+    """An upper bound of the distance between any two positions: the diagonal of their bounding box."""
+    both = torch.cat(pos)
+    return float((both.amax(dim=0) - both.amin(dim=0)).norm()) * (1.0 + 1e-3) + 1e-6
 
 
 def _update_columns(tile: Tensor, row0: int, best: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
@@ -240,17 +259,27 @@ def _update_columns(tile: Tensor, row0: int, best: Tensor, index: Tensor) -> tup
     """
     col_max = tile.amax(dim=0)
     cols = (col_max > best).nonzero().squeeze(1)
-    # max(dim) returns the first index on ties, like the dense reference, and beats argmax on CPU.
-    local = (tile if cols.numel() == tile.shape[1] else tile.index_select(1, cols)).max(dim=0).indices
+    sub = tile if cols.numel() == tile.shape[1] else tile.index_select(1, cols)
+    # Both return the first index on ties, like the dense reference. On CPU, max(dim) beats argmax
+    # on large tiles, but its thread launch dominates (and stalls on a busy machine) on small ones.
+    local = sub.max(dim=0).indices if sub.numel() >= _LARGE_TILE else sub.argmax(dim=0)
     best[cols] = col_max[cols]
     index[cols] = local + row0
     return cols, local
+
+
+def _floor(dist: StripDistance, opts: _Options, pos: tuple[Tensor | None, Tensor | None]) -> Tensor:
+    """Per-row lower bound of the affinities, including CoBi's paper-form spatial term."""
+    if opts.paper_spatial is None:
+        return dist.floor
+    return dist.floor - opts.paper_spatial.weight * _spatial_reach(pos)
 
 
 def _forward_image(x: Tensor, y: Tensor, opts: _Options, plan: StripPlan, pos, need_grad: bool) -> _Stats:
     """Stream one image's N x M problem strip by strip."""
     n, m = x.shape[0], y.shape[0]
     dist = make_strip_distance(x, y, opts.loss_type)
+    floor = _floor(dist, opts, pos)
     buf_u, buf_w = x.new_empty(plan.rows, m), x.new_empty(plan.rows, m)
     best = x.new_full((m,), -math.inf)
     index = torch.zeros(m, dtype=torch.long, device=x.device)
@@ -260,7 +289,9 @@ def _forward_image(x: Tensor, y: Tensor, opts: _Options, plan: StripPlan, pos, n
         rows = slice(row0, min(n, row0 + plan.rows))
         size = rows.stop - row0
         a = _strip_affinity(dist, rows, buf_u[:size], opts, pos)
-        stats = _log_softmax_rows(a, buf_w[:size], dist.base[rows], dist.clamp, opts.band_width, opts.eps, need_grad)
+        stats = _log_softmax_rows(
+            a, buf_w[:size], dist.base[rows], floor[rows], dist.clamp, opts.band_width, opts.eps, need_grad
+        )
         if need_grad:
             row_stats.append(stats)
         if opts.released:
@@ -311,14 +342,16 @@ def _backward_image(x: Tensor, y: Tensor, st: _Stats, grad: Tensor, opts: _Optio
     argmax_value = (g_o * torch.expm1(a_o) + (r_o - g_o) * torch.exp(a_o)) / r_o
     position = torch.full((n,), -1, dtype=torch.long, device=x.device)
     position[rows] = torch.arange(rows.numel(), device=x.device)
-    buf = x.new_empty(plan.rows, y.shape[0])
-    for q0 in range(0, rows.numel(), plan.rows):
-        strip = rows[q0 : q0 + plan.rows]
+    floor = _floor(dist, opts, pos)
+    buf = x.new_empty(plan.backward_rows, y.shape[0])
+    for q0 in range(0, rows.numel(), plan.backward_rows):
+        strip = rows[q0 : q0 + plan.backward_rows]
         local = torch.arange(strip.numel(), device=x.device)
         s, k = st.scale[strip], st.argmin[strip]
         # p = CX_ij = exp(s u - (s umax + L)), with s folded into the GEMM operand.
         p = _strip_affinity(dist, strip, buf[: strip.numel()], opts, pos, scale=s)
-        p.sub_((s * st.umax[strip] + st.log_norm[strip]).unsqueeze(1)).exp_()
+        bias = s * st.umax[strip] + st.log_norm[strip]
+        exp_without_underflow(p.sub_(bias.unsqueeze(1)), s * floor[strip] - bias)
         p[local, k] = torch.exp(-st.log_norm[strip])  # t = 0 exactly at k(i), as in the forward
         lo = int(torch.searchsorted(owners, strip[0]))
         hi = int(torch.searchsorted(owners, strip[-1], right=True))

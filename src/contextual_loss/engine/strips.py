@@ -16,6 +16,7 @@ beta = 0. Each class also maps a strip's gradient on d back to the rows of x and
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,7 @@ __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "StripDistance",
     "StripPlan",
+    "exp_without_underflow",
     "make_strip_distance",
     "plan_strips",
     "row_max_first_index",
@@ -42,14 +44,18 @@ class StripPlan:
     """How the streaming engine cuts an N x M problem into full-width row strips.
 
     Attributes:
-        rows: prediction rows per strip (the last strip may be shorter).
+        rows: prediction rows per forward strip (the last strip may be shorter).
+        backward_rows: rows per backward strip; the backward needs one strip buffer fewer, so
+            its strips are taller within the same workspace.
         columns: M, the width of every strip.
-        tiles: strip-sized buffers alive at once (2, plus 1 for L1 and 1 for a CoBi spatial term).
+        tiles: strip-sized buffers alive at once in the forward pass (2, plus 1 for L1 and 1 for
+            a CoBi spatial term).
         itemsize: bytes per entry of the compute dtype.
 
     """
 
     rows: int
+    backward_rows: int
     columns: int
     tiles: int
     itemsize: int
@@ -57,7 +63,7 @@ class StripPlan:
     @property
     def workspace_bytes(self) -> int:
         """Bytes of the strip buffers alive at once: the engine's memory beyond O((N + M) C)."""
-        return self.rows * self.columns * self.tiles * self.itemsize
+        return max(self.rows * self.tiles, self.backward_rows * (self.tiles - 1)) * self.columns * self.itemsize
 
 
 def plan_strips(n: int, m: int, *, dtype: torch.dtype, memory_budget: int, tiles: int) -> StripPlan:
@@ -68,7 +74,8 @@ def plan_strips(n: int, m: int, *, dtype: torch.dtype, memory_budget: int, tiles
     """
     itemsize = torch.empty((), dtype=dtype).element_size()
     rows = max(1, min(n, memory_budget // (m * tiles * itemsize)))
-    return StripPlan(rows=rows, columns=m, tiles=tiles, itemsize=itemsize)
+    backward_rows = max(1, min(n, memory_budget // (m * (tiles - 1) * itemsize)))
+    return StripPlan(rows=rows, backward_rows=backward_rows, columns=m, tiles=tiles, itemsize=itemsize)
 
 
 def row_max_first_index(u: Tensor, block: int = 128) -> tuple[Tensor, Tensor]:
@@ -92,6 +99,20 @@ def row_max_first_index(u: Tensor, block: int = 128) -> tuple[Tensor, Tensor]:
     return row_max, candidates.gather(1, hit.unsqueeze(1)).squeeze(1)
 
 
+def exp_without_underflow(t: Tensor, floor: Tensor, out: Tensor | None = None) -> Tensor:
+    """exp(t) for t <= 0, with ``floor`` a per-row lower bound of t (b,); in place unless ``out``.
+
+    On CPU, ``exp`` of an argument whose result underflows (t < -87 in float32) runs tens of
+    times slower than the normal range. Rows that can underflow (e.g. nearly one-hot rows of
+    well-matched features) are clamped first and the clamped entries set to exactly 0 after.
+    """
+    lowest = math.log(torch.finfo(t.dtype).tiny) + 0.5
+    if not bool((floor < lowest).any()):
+        return torch.exp(t, out=out) if out is not None else t.exp_()
+    e = torch.clamp(t, min=lowest, out=out) if out is not None else t.clamp_(min=lowest)
+    return torch.nn.functional.threshold_(e.exp_(), math.exp(lowest), 0.0)
+
+
 def spatial_tile(pos_x: Tensor, pos_y: Tensor, form: CoBiForm) -> Tensor:
     """CoBi's spatial distance D' between a strip's positions (b, 2) and all target positions (M, 2).
 
@@ -105,9 +126,10 @@ def spatial_tile(pos_x: Tensor, pos_y: Tensor, form: CoBiForm) -> Tensor:
 class StripDistance:
     """Per-image operands of one feature distance, evaluated and differentiated strip by strip.
 
-    Subclasses set ``base`` (beta_i of the module docstring, (N,)), ``clamp`` (whether the row
-    minimum of d is clamped at 0 against rounding, as the dense reference clamps d), and
-    ``extra_tiles`` (strip buffers the distance allocates itself).
+    Subclasses set ``base`` (beta_i of the module docstring, (N,)), ``floor`` (a lower bound of
+    u per row, (N,), which only decides how carefully exponentials are taken), ``clamp``
+    (whether the row minimum of d is clamped at 0 against rounding, as the dense reference
+    clamps d), and ``extra_tiles`` (strip buffers the distance allocates itself).
     """
 
     clamp: bool = True
@@ -116,6 +138,8 @@ class StripDistance:
     def __init__(self, x: Tensor, y: Tensor) -> None:
         self.x, self.y = x, y
         self.base = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+        # |<x, y>| <= 1 for unit or zero vectors (a margin covers rounding).
+        self.floor = torch.full_like(self.base, -1.0 - 1e-3)
 
     def affinity(self, rows: Tensor | slice, out: Tensor, scale: Tensor | None = None) -> Tensor:
         """U (times the per-row ``scale`` if given) of the given prediction rows against every target.
@@ -167,6 +191,9 @@ class _SquaredL2Distance(StripDistance):
         ones_x = x.new_ones(x.shape[0], 1)
         ones_y = y.new_ones(y.shape[0], 1)
         self.base = x.pow(2).sum(-1)
+        # d <= (|x| + max |y|)^2, so u = |x|^2 - d is at least |x|^2 - (|x| + max |y|)^2.
+        norm_x = self.base.sqrt()
+        self.floor = self.base - (norm_x + y.norm(dim=-1).amax()).pow(2) - 1e-3 * (1.0 + self.base)
         self._x1 = torch.cat((x, ones_x), dim=1)
         self._y_aug = torch.cat((2.0 * y, -y.pow(2).sum(-1, keepdim=True)), dim=1)
         self._y1 = torch.cat((y, ones_y), dim=1)
@@ -200,6 +227,9 @@ class _L1Distance(StripDistance):
     def __init__(self, x: Tensor, y: Tensor) -> None:
         super().__init__(x, y)
         self.base = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        # d <= |x|_1 + max |y|_1.
+        norm_x = x.abs().sum(-1)
+        self.floor = -(norm_x + y.abs().sum(-1).amax()) * (1.0 + 1e-3) - 1e-3
         self._dy = torch.zeros_like(y)
 
     def affinity(self, rows: Tensor | slice, out: Tensor, scale: Tensor | None = None) -> Tensor:

@@ -1,0 +1,218 @@
+"""Benchmark the streaming engine against the dense reference (time, peak memory, matmul rate).
+
+For batch 1, float32, cosine distance and N = M = S * S feature vectors of C channels, every
+point runs in a fresh subprocess (so its peak resident memory is its own) and reports the median
+time of the forward pass and of forward + backward through ``contextual_loss``, and the peak
+resident set size. The dense engine runs only where its estimated memory fits (it keeps several
+N x M float32 matrices for backward). The machine's float32 matmul rate is measured in the same
+run (a 2048^3 product, before and after the points), and the table gives the streaming
+engine's share of it, counting 6 N M C flops for forward + backward (the GEMM work of plain
+autograd: one product forward, two backward).
+
+Usage::
+
+    python benchmarks/bench_engine.py                      # the full table (takes a while)
+    python benchmarks/bench_engine.py --sizes 64,128 --channels 256 --repeats 3
+    python benchmarks/bench_engine.py --output docs/engine-benchmark.md
+
+Timings on a shared machine are noisy: compare ratios measured side by side in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+GIB = 2.0**30
+DENSE_BYTES_PER_ENTRY = 8 * 4  # dense autograd keeps about 8 float32 N x M matrices (measured 7.8 GiB at S=128)
+
+
+def _worker(args: argparse.Namespace) -> None:
+    """One point: time forward and forward + backward, report the peak RSS, print JSON."""
+    import torch
+
+    from contextual_loss.functional import contextual_loss
+
+    torch.set_num_threads(args.threads)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, args.channels, args.size, args.size, generator=gen)
+    y = torch.randn(1, args.channels, args.size, args.size, generator=gen)
+    baseline = _max_rss()
+    kwargs = {"band_width": 0.5, "engine": args.engine, "memory_budget": args.memory_budget}
+
+    def forward() -> None:
+        contextual_loss(x.requires_grad_(True), y, **kwargs)
+
+    def forward_backward() -> None:
+        xg = x.detach().requires_grad_(True)
+        contextual_loss(xg, y, **kwargs).backward()
+
+    result = {"baseline_rss": baseline}
+    for name, fn in (("forward", forward), ("forward_backward", forward_backward)):
+        times = []
+        started = time.perf_counter()
+        while len(times) < args.repeats and (not times or time.perf_counter() - started < args.point_seconds):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        result[name] = statistics.median(times)
+        result[name + "_runs"] = len(times)
+    result["peak_rss"] = _max_rss()
+    print(json.dumps(result))
+
+
+def _matmul_worker(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({"gflops": 2 * n**3 / statistics.median(times) / 1e9}))
+
+
+def _max_rss() -> float:
+    """Peak resident set size of this process in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
+
+
+def _available_memory() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024.0
+    except OSError:
+        pass
+    return float("inf")
+
+
+def _run_child(extra: list[str], timeout: float) -> dict | str:
+    cmd = [sys.executable, os.path.abspath(__file__), *extra]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        return "timed out"
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()
+        return f"failed ({tail[-1] if tail else done.returncode})"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _point(args: argparse.Namespace, size: int, channels: int, engine: str) -> dict | str:
+    if engine == "dense":
+        need = DENSE_BYTES_PER_ENTRY * float(size) ** 4
+        limit = min(args.max_dense_gib * GIB, 0.8 * _available_memory())
+        if need > limit:
+            return f"skipped (needs ~{need / GIB:.0f} GiB)"
+    extra = ["--worker", "--size", str(size), "--channels", str(channels), "--engine", engine]
+    extra += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
+    extra += ["--point-seconds", str(args.point_seconds)]
+    if args.memory_budget is not None:
+        extra += ["--memory-budget", str(args.memory_budget)]
+    return _run_child(extra, args.timeout)
+
+
+def _fmt_time(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def _table(rows: list[dict], rate: float) -> str:
+    head = (
+        "| S | C | N = M | streaming fwd (s) | streaming fwd+bwd (s) | dense fwd (s) | dense fwd+bwd (s) "
+        "| speed-up fwd+bwd | streaming peak RSS (GiB) | dense peak RSS (GiB) | memory ratio | % of matmul rate |"
+    )
+    lines = [head, "|" + "---|" * 12]
+    for row in rows:
+        s, d = row["streaming"], row["dense"]
+        s_ok, d_ok = isinstance(s, dict), isinstance(d, dict)
+        n = row["size"] ** 2
+        cells = [str(row["size"]), str(row["channels"]), str(n)]
+        cells += [_fmt_time(s["forward"]), _fmt_time(s["forward_backward"])] if s_ok else [s, s]
+        cells += [_fmt_time(d["forward"]), _fmt_time(d["forward_backward"])] if d_ok else [d, "-"]
+        both = s_ok and d_ok
+        cells.append(f"{d['forward_backward'] / s['forward_backward']:.1f}x" if both else "-")
+        cells.append(f"{s['peak_rss'] / GIB:.2f}" if s_ok else "-")
+        cells.append(f"{d['peak_rss'] / GIB:.2f}" if d_ok else "-")
+        cells.append(f"{d['peak_rss'] / s['peak_rss']:.1f}x" if both else "-")
+        flops = 6.0 * n * n * row["channels"]
+        cells.append(f"{100 * flops / s['forward_backward'] / 1e9 / rate:.0f}%" if s_ok else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="32,64,96,128,192,256", help="comma-separated S (N = M = S*S)")
+    parser.add_argument("--channels", default="64,256", help="comma-separated C")
+    parser.add_argument("--extra", default="384:64", help="extra S:C points, streaming only (comma-separated)")
+    parser.add_argument("--engines", default="streaming,dense", help="engines to run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement (median)")
+    parser.add_argument("--point-seconds", type=float, default=120.0, help="stop repeating after this long")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--memory-budget", type=int, default=None, help="streaming workspace in bytes")
+    parser.add_argument("--max-dense-gib", type=float, default=16.0, help="skip dense points needing more")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per point")
+    parser.add_argument("--output", type=Path, default=None, help="also write the markdown here")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--matmul", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--engine", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(argv)
+    if args.worker:
+        args.channels = int(args.channels)
+        _worker(args)
+        return
+    if args.matmul:
+        _matmul_worker(args)
+        return
+    engines = args.engines.split(",")
+    points = [(int(s), int(c), engines) for c in args.channels.split(",") for s in args.sizes.split(",")]
+    points += [(int(p.split(":")[0]), int(p.split(":")[1]), ["streaming"]) for p in args.extra.split(",") if p]
+    matmul = ["--matmul", "--threads", str(args.threads)]
+    rates = [_run_child(matmul, 600)["gflops"]]
+    rows = []
+    for size, channels, point_engines in points:
+        row = {"size": size, "channels": channels, "streaming": "-", "dense": "-"}
+        for engine in point_engines:
+            row[engine] = _point(args, size, channels, engine)
+            print(f"S={size} C={channels} {engine}: {row[engine]}", file=sys.stderr, flush=True)
+        rows.append(row)
+    rates.append(_run_child(matmul, 600)["gflops"])
+    rate = max(rates)
+    import torch
+
+    report = "\n".join(
+        [
+            f"Batch 1, float32, cosine, {args.threads} threads, median of up to {args.repeats} runs; "
+            f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs.",
+            f"float32 matmul rate (2048^3): {rates[0]:.1f} GFLOP/s before, {rates[1]:.1f} after; "
+            f"the % column uses {rate:.1f}.",
+            "",
+            _table(rows, rate),
+        ]
+    )
+    print(report)
+    if args.output is not None:
+        args.output.write_text(report + "\n")
+
+
+if __name__ == "__main__":
+    main()
