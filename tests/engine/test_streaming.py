@@ -138,6 +138,26 @@ def test_saturated_rows_have_exact_float32_gradient():
     assert float(grads[torch.float32].abs().max()) < 1e-12
 
 
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_matches_dense_in_the_saturated_regime(loss_type):
+    # Well-matched features at a small band width: most exp(t) underflow, the regime where the
+    # engine clamps before exp (the CPU's slow path) and must still agree with the reference.
+    gen = torch.Generator().manual_seed(19)
+    y = torch.rand(2, 6, 6, 5, generator=gen, dtype=torch.float64)
+    x = y.flip(-1) + 1e-3 * torch.rand(y.shape, generator=gen, dtype=torch.float64)
+    dense = _value_and_grads(x, y, lambda a, b: CF.contextual_loss(a, b, 0.05, loss_type, reduction="none"))
+    stream = _value_and_grads(
+        x,
+        y,
+        lambda a, b: CF.contextual_loss(
+            a, b, 0.05, loss_type, reduction="none", engine="streaming", memory_budget=TINY_BUDGET
+        ),
+    )
+    torch.testing.assert_close(stream[0], dense[0], rtol=1e-8, atol=1e-12)
+    for got, want in zip(stream[1:], dense[1:], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10 * float(want.abs().max()))
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_are_finite_and_close(dtype):
     x, y = _maps(2, 8, (6, 6), (6, 6), dtype=torch.float32, seed=6)

@@ -52,8 +52,10 @@ __all__ = [
 EngineName = Literal["auto", "dense", "streaming"]
 ENGINES = ("auto", "dense", "streaming")
 
-#: ``auto`` uses the dense engine up to this many entries B * N * M (measured crossover; see docs/engine.md).
-DENSE_MAX_ENTRIES = 2**16
+#: ``auto`` uses the dense engine up to this many entries B * N * M. Measured on a 2-core CPU
+#: (forward + backward, C in {64, 256}): dense is faster up to N * M = 65536 (16 x 16 maps), the two
+#: are even between 160k and 330k (20 x 20 to 24 x 24), streaming wins from about 1M; see docs/engine.md.
+DENSE_MAX_ENTRIES = 2**18
 
 
 def choose_engine(x: Tensor, y: Tensor, engine: EngineName = "auto") -> Literal["dense", "streaming"]:
