@@ -219,7 +219,7 @@ def test_double_backward_raises_clearly():
     x.requires_grad_(True)
     loss = CF.contextual_loss(x, y, engine="streaming")
     (grad,) = torch.autograd.grad(loss, x, create_graph=True)  # first order still works
-    with pytest.raises(DoubleBackwardError, match="double backward.*engine='dense'"):
+    with pytest.raises(DoubleBackwardError, match=r"double backward.*engine='dense'"):
         grad.pow(2).sum().backward()
     # The dense engine supports it.
     loss = CF.contextual_loss(x, y, engine="dense")
@@ -248,7 +248,9 @@ def _spatial_term(form, n, m, dtype=torch.float64, seed=12):
     if form is None:
         return None
     gen = torch.Generator().manual_seed(seed)
-    return SpatialTerm(0.4, form, torch.rand(n, 2, generator=gen, dtype=dtype), torch.rand(m, 2, generator=gen, dtype=dtype))
+    return SpatialTerm(
+        0.4, form, torch.rand(n, 2, generator=gen, dtype=dtype), torch.rand(m, 2, generator=gen, dtype=dtype)
+    )
 
 
 @pytest.mark.parametrize("cobi", COBI)
