@@ -358,3 +358,16 @@ def test_prepared_sets_of_reduced_precision_are_upcast():
     ref = dense_log_similarity(x.half().float(), y.half().float(), loss_type="cosine", band_width=0.5, eps=1e-5)
     assert half.dtype == torch.float32
     torch.testing.assert_close(half, ref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(("n", "m"), [(1, 7), (9, 1), (1, 1)])
+def test_single_vector_sets(n, m):
+    x, y = maths.prepare_features(*_prepared(2, n, m, 3, seed=20), "cosine")
+    kwargs = {"loss_type": "cosine", "band_width": 0.5, "eps": 1e-5}
+    results = []
+    for fn, extra in ((dense_log_similarity, {}), (streaming_log_similarity, {"memory_budget": 1})):
+        xg, yg = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+        value = fn(xg, yg, **kwargs, **extra)
+        results.append((value.detach(), *torch.autograd.grad(value.sum(), (xg, yg))))
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-12)
