@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     points = [(int(s), int(c), engines) for c in args.channels.split(",") for s in args.sizes.split(",")]
     points += [(int(p.split(":")[0]), int(p.split(":")[1]), ["streaming"]) for p in args.extra.split(",") if p]
     matmul = ["--matmul", "--threads", str(args.threads)]
+    loads = [os.getloadavg()[0]]
     rates = [_run_child(matmul, 600)["gflops"]]
     rows = []
     for size, channels, point_engines in points:
@@ -199,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"S={size} C={channels} {engine}: {row[engine]}", file=sys.stderr, flush=True)
         rows.append(row)
     rates.append(_run_child(matmul, 600)["gflops"])
+    loads.append(os.getloadavg()[0])
     rate = max(rates)
     import torch
 
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
             f"Batch 1, float32, cosine, {args.threads} threads, median of up to {args.repeats} runs; "
             f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs.",
             f"float32 matmul rate (2048^3): {rates[0]:.1f} GFLOP/s before, {rates[1]:.1f} after; "
-            f"the % column uses {rate:.1f}.",
+            f"the % column uses {rate:.1f}. Load average (1 min) {loads[0]:.1f} at the start, {loads[1]:.1f} at the end.",
             "",
             _table(rows, rate),
         ]
