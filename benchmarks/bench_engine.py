@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
             f"Batch 1, float32, cosine, {args.threads} threads, median of up to {args.repeats} runs; "
             f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs.",
             f"float32 matmul rate (2048^3): {rates[0]:.1f} GFLOP/s before, {rates[1]:.1f} after; "
-            f"the % column uses {rate:.1f}. Load average (1 min) {loads[0]:.1f} at the start, {loads[1]:.1f} at the end.",
+            f"the % column uses {rate:.1f}. Load average (1 min): {loads[0]:.1f} at the start, "
+            f"{loads[1]:.1f} at the end.",
             "",
             _table(rows, rate),
         ]
