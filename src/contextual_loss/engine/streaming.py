@@ -312,8 +312,10 @@ def _forward_image(x: Tensor, y: Tensor, opts: _Options, plan: StripPlan, pos, n
 # ----------------------------------------------------------------------------- backward
 
 
-def _backward_image(x: Tensor, y: Tensor, st: _Stats, grad: Tensor, opts: _Options, plan: StripPlan, pos, dx: Tensor):
-    """Gradient of ``grad * log CX`` for one image: adds d/dx into ``dx`` and returns d/dy.
+def _backward_image(
+    x: Tensor, y: Tensor, st: _Stats, grad: Tensor, opts: _Options, plan: StripPlan, pos, dx: Tensor, dy: Tensor
+) -> None:
+    """Gradient of ``grad * log CX`` for one image, added into ``dx`` and ``dy``.
 
     Works per unit of the row scale c_i = s_i r_i, which the distance's GEMMs apply.
     """
@@ -326,7 +328,7 @@ def _backward_image(x: Tensor, y: Tensor, st: _Stats, grad: Tensor, opts: _Optio
     rows = (r != 0).nonzero().squeeze(1)  # rows that are nobody's argmax have zero gradient
     dist = make_strip_distance(x, y, opts.loss_type)
     if rows.numel() == 0:
-        return torch.zeros_like(y)
+        return
     weighted = x.new_zeros(n).index_add_(0, st.index, g * a_star)
     r_rows = r[rows]
     scale_c = st.scale[rows] * r_rows
@@ -357,8 +359,8 @@ def _backward_image(x: Tensor, y: Tensor, st: _Stats, grad: Tensor, opts: _Optio
         hi = int(torch.searchsorted(owners, strip[-1], right=True))
         p[position[owners[lo:hi]] - q0, order[lo:hi]] = argmax_value[lo:hi]
         p.index_put_((local, k), gamma_c[q0 : q0 + strip.numel()], accumulate=True)
-        dist.backward(strip, p, scale_c[q0 : q0 + strip.numel()], dx)
-    return dist.target_gradient()
+        dist.backward(strip, p, scale_c[q0 : q0 + strip.numel()], dx, dy)
+    dist.finish(dy)
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -412,7 +414,7 @@ class _StreamingLogCX(torch.autograd.Function):
         with torch.no_grad(), _no_autocast(x.device):
             for b in range(x.shape[0]):
                 pos = _image_positions(opts, b, x.dtype)
-                dy[b] = _backward_image(x[b], y[b], stats.image(b), grad_log[b], opts, plan, pos, dx[b])
+                _backward_image(x[b], y[b], stats.image(b), grad_log[b], opts, plan, pos, dx[b], dy[b])
         if torch.is_grad_enabled():  # create_graph=True: a second differentiation must fail loudly
             dx, dy = _FirstOrderOnly.apply(dx, dy, x, y)
         return dx, dy, None

@@ -149,38 +149,30 @@ class StripDistance:
         """
         raise NotImplementedError
 
-    def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor) -> None:
-        """Accumulate the gradient of a strip into ``dx`` rows and the internal target accumulator.
+    def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
+        """Accumulate the gradient of a strip into the ``dx`` rows and into ``dy``.
 
         The gradient on the strip's distances is ``scale[:, None] * grad``: the row scale is kept
         apart so that it can be folded into the small GEMM operands. ``grad`` may be overwritten.
         """
         raise NotImplementedError
 
-    def target_gradient(self) -> Tensor:
-        """The accumulated gradient on y, (M, C)."""
-        raise NotImplementedError
+    def finish(self, dy: Tensor) -> None:
+        """Complete ``dy`` after the last strip (for distances that accumulate in another form)."""
 
 
 class _CosineDistance(StripDistance):
     """d = 1 - <x, y> on centred unit (or zero) vectors; u = <x, y>."""
 
-    def __init__(self, x: Tensor, y: Tensor) -> None:
-        super().__init__(x, y)
-        self._dy = torch.zeros_like(y)
-
     def affinity(self, rows: Tensor | slice, out: Tensor, scale: Tensor | None = None) -> Tensor:
         xs = self.x[rows] if scale is None else self.x[rows] * scale.unsqueeze(1)
         return torch.matmul(xs, self.y.mT, out=out)
 
-    def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor) -> None:
+    def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
         # d = 1 - <x, y>: the gradient on u is minus the gradient on d.
         xs = self.x[rows]
         dx[rows] = (grad @ self.y).mul_(-scale.unsqueeze(1))
-        self._dy.addmm_(grad.mT, xs * scale.unsqueeze(1), alpha=-1.0)
-
-    def target_gradient(self) -> Tensor:
-        return self._dy
+        dy.addmm_(grad.mT, xs * scale.unsqueeze(1), alpha=-1.0)
 
 
 class _SquaredL2Distance(StripDistance):
@@ -197,25 +189,27 @@ class _SquaredL2Distance(StripDistance):
         self._x1 = torch.cat((x, ones_x), dim=1)
         self._y_aug = torch.cat((2.0 * y, -y.pow(2).sum(-1, keepdim=True)), dim=1)
         self._y1 = torch.cat((y, ones_y), dim=1)
-        # Columns :C accumulate Dbar^T x, column C the column sums of Dbar.
-        self._acc = y.new_zeros(y.shape[0], y.shape[1] + 1)
+        self._acc: Tensor | None = None
 
     def affinity(self, rows: Tensor | slice, out: Tensor, scale: Tensor | None = None) -> Tensor:
         xs = self._x1[rows] if scale is None else self._x1[rows] * scale.unsqueeze(1)
         return torch.matmul(xs, self._y_aug.mT, out=out)
 
-    def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor) -> None:
+    def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
         # dx_i = 2 (rowsum_i(D) x_i - (D y)_i), dy_j = 2 (colsum_j(D) y_j - (D^T x)_j), D = scale * grad;
         # the ones column of y1 / of the scaled x gives the row / column sums inside the GEMMs.
         xs = self.x[rows]
         py = grad @ self._y1
         c = xs.shape[1]
         dx[rows] = (xs * py[:, c:] - py[:, :c]).mul_(2.0 * scale.unsqueeze(1))
+        if self._acc is None:  # columns :C accumulate D^T x, column C the column sums of D
+            self._acc = self.y.new_zeros(self.y.shape[0], c + 1)
         self._acc.addmm_(grad.mT, self._x1[rows] * scale.unsqueeze(1))
 
-    def target_gradient(self) -> Tensor:
-        c = self.y.shape[1]
-        return 2.0 * (self._acc[:, c:] * self.y - self._acc[:, :c])
+    def finish(self, dy: Tensor) -> None:
+        if self._acc is not None:
+            c = self.y.shape[1]
+            dy.addcmul_(self._acc[:, c:], self.y, value=2.0).sub_(self._acc[:, :c], alpha=2.0)
 
 
 class _L1Distance(StripDistance):
@@ -230,23 +224,19 @@ class _L1Distance(StripDistance):
         # d <= |x|_1 + max |y|_1.
         norm_x = x.abs().sum(-1)
         self.floor = -(norm_x + y.abs().sum(-1).amax()) * (1.0 + 1e-3) - 1e-3
-        self._dy = torch.zeros_like(y)
 
     def affinity(self, rows: Tensor | slice, out: Tensor, scale: Tensor | None = None) -> Tensor:
         d = torch.cdist(self.x[rows], self.y, p=1.0)
         return d.neg_() if scale is None else d.mul_(-scale.unsqueeze(1))
 
-    def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor) -> None:
+    def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
         with torch.enable_grad():
             xs = self.x[rows].detach().requires_grad_(True)
             y = self.y.detach().requires_grad_(True)
             d = torch.cdist(xs, y, p=1.0)
             gx, gy = torch.autograd.grad(d, (xs, y), grad.mul_(scale.unsqueeze(1)))
         dx[rows] = gx
-        self._dy.add_(gy)
-
-    def target_gradient(self) -> Tensor:
-        return self._dy
+        dy.add_(gy)
 
 
 _DISTANCES: dict[str, type[StripDistance]] = {
