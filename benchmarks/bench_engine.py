@@ -1,13 +1,14 @@
 """Benchmark the streaming engine against the dense reference (time, peak memory, matmul rate).
 
 For batch 1, float32, cosine distance and N = M = S * S feature vectors of C channels, every
-point runs in a fresh subprocess (so its peak resident memory is its own) and reports the median
-time of the forward pass and of forward + backward through ``contextual_loss``, and the peak
-resident set size. The dense engine runs only where its estimated memory fits (it keeps several
-N x M float32 matrices for backward). The machine's float32 matmul rate is measured in the same
-run (a 2048^3 product, before and after the points), and the table gives the streaming
-engine's share of it, counting 6 N M C flops for forward + backward (the GEMM work of plain
-autograd: one product forward, two backward).
+run is a fresh subprocess (so its peak resident memory is its own) that times one forward pass
+and one forward + backward through ``contextual_loss`` after a small warm-up. The runs of the
+two engines alternate, so both see the same machine load; the table gives the median over the
+runs and the largest peak resident set size. The dense engine runs only where its estimated
+memory fits (it keeps several N x M float32 matrices for backward). The machine's float32
+matmul rate is measured in the same run (a 2048^3 product, before and after the points), and
+the table gives the streaming engine's share of it, counting 6 N M C flops for forward +
+backward (the GEMM work of plain autograd: one product forward, two backward).
 
 Usage::
 
@@ -60,14 +61,9 @@ def _worker(args: argparse.Namespace) -> None:
 
     result = {"baseline_rss": baseline}
     for name, fn in (("forward", forward), ("forward_backward", forward_backward)):
-        times = []
-        started = time.perf_counter()
-        while len(times) < args.repeats and (not times or time.perf_counter() - started < args.point_seconds):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        result[name] = statistics.median(times)
-        result[name + "_runs"] = len(times)
+        t0 = time.perf_counter()
+        fn()
+        result[name] = time.perf_counter() - t0
     result["peak_rss"] = _max_rss()
     print(json.dumps(result))
 
@@ -115,18 +111,42 @@ def _run_child(extra: list[str], timeout: float) -> dict | str:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _point(args: argparse.Namespace, size: int, channels: int, engine: str) -> dict | str:
-    if engine == "dense":
-        need = DENSE_BYTES_PER_ENTRY * float(size) ** 4
-        limit = min(args.max_dense_gib * GIB, 0.8 * _available_memory())
-        if need > limit:
-            return f"skipped (needs ~{need / GIB:.0f} GiB)"
-    extra = ["--worker", "--size", str(size), "--channels", str(channels), "--engine", engine]
-    extra += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
-    extra += ["--point-seconds", str(args.point_seconds)]
+def _dense_fits(args: argparse.Namespace, size: int) -> str | None:
+    """``None`` if the dense engine's estimated memory fits, else why the point is skipped."""
+    need = DENSE_BYTES_PER_ENTRY * float(size) ** 4
+    limit = min(args.max_dense_gib * GIB, 0.8 * _available_memory())
+    return None if need <= limit else f"skipped (needs ~{need / GIB:.0f} GiB)"
+
+
+def _point(args: argparse.Namespace, size: int, channels: int, engines: list[str]) -> dict[str, dict | str]:
+    """Run the engines of one point alternately, one fresh process per run, so both see the same load."""
+    runs: dict[str, list[dict]] = {engine: [] for engine in engines}
+    results: dict[str, dict | str] = {}
+    if "dense" in engines and (why := _dense_fits(args, size)) is not None:
+        results["dense"] = why
+    base = ["--worker", "--size", str(size), "--channels", str(channels), "--threads", str(args.threads)]
     if args.memory_budget is not None:
-        extra += ["--memory-budget", str(args.memory_budget)]
-    return _run_child(extra, args.timeout)
+        base += ["--memory-budget", str(args.memory_budget)]
+    for _ in range(args.repeats):
+        for engine in engines:
+            spent = sum(r["forward"] + r["forward_backward"] for r in runs[engine])
+            if engine in results or (runs[engine] and spent > args.point_seconds):
+                continue
+            outcome = _run_child([*base, "--engine", engine], args.timeout)
+            if isinstance(outcome, str):
+                results[engine] = outcome
+            else:
+                runs[engine].append(outcome)
+    for engine, done in runs.items():
+        if engine not in results and done:
+            results[engine] = {
+                "forward": statistics.median(r["forward"] for r in done),
+                "forward_backward": statistics.median(r["forward_backward"] for r in done),
+                "peak_rss": max(r["peak_rss"] for r in done),
+                "baseline_rss": min(r["baseline_rss"] for r in done),
+                "runs": len(done),
+            }
+    return results
 
 
 def _fmt_time(value: float | None) -> str:
@@ -163,8 +183,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--channels", default="64,256", help="comma-separated C")
     parser.add_argument("--extra", default="384:64", help="extra S:C points, streaming only (comma-separated)")
     parser.add_argument("--engines", default="streaming,dense", help="engines to run")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement (median)")
-    parser.add_argument("--point-seconds", type=float, default=120.0, help="stop repeating after this long")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per point and engine (median)")
+    parser.add_argument("--point-seconds", type=float, default=150.0, help="no further runs of an engine after this")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--memory-budget", type=int, default=None, help="streaming workspace in bytes")
     parser.add_argument("--max-dense-gib", type=float, default=16.0, help="skip dense points needing more")
@@ -195,9 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for size, channels, point_engines in points:
         row = {"size": size, "channels": channels, "streaming": "-", "dense": "-"}
-        for engine in point_engines:
-            row[engine] = _point(args, size, channels, engine)
-            print(f"S={size} C={channels} {engine}: {row[engine]}", file=sys.stderr, flush=True)
+        row.update(_point(args, size, channels, point_engines))
+        print(f"S={size} C={channels}: {row}", file=sys.stderr, flush=True)
         rows.append(row)
     rates.append(_run_child(matmul, 600)["gflops"])
     loads.append(os.getloadavg()[0])
@@ -206,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
 
     report = "\n".join(
         [
-            f"Batch 1, float32, cosine, {args.threads} threads, median of up to {args.repeats} runs; "
+            f"Batch 1, float32, cosine, {args.threads} threads, median of up to {args.repeats} runs (fresh processes); "
             f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs.",
             f"float32 matmul rate (2048^3): {rates[0]:.1f} GFLOP/s before, {rates[1]:.1f} after; "
             f"the % column uses {rate:.1f}. Load average (1 min): {loads[0]:.1f} at the start, "
