@@ -68,6 +68,9 @@ class DoubleBackwardError(RuntimeError):
     """Raised when a gradient computed by the streaming engine is differentiated again."""
 
 
+#: Tiles with fewer entries take their column argmax with ``argmax`` rather than ``max(dim)``.
+_LARGE_TILE = 2**15
+
 _DOUBLE_BACKWARD_MESSAGE = (
     "the streaming contextual-loss engine computes first-order gradients only; differentiating its "
     "gradient again (double backward, e.g. a gradient penalty through create_graph=True) is not "
@@ -231,18 +234,17 @@ def _log_softmax_rows(
     return stats
 
 
-def _released_mixture(a: Tensor, out: Tensor, rows: slice, opts: _Options, pos: tuple[Tensor, Tensor]) -> Tensor:
+def _released_mixture(
+    a: Tensor, out: Tensor, rows: slice, opts: _Options, pos: tuple[Tensor, Tensor], reach: float
+) -> Tensor:
     """log((1 - w) CX_feat + w CX_spatial) of a strip, into ``out``: the released CoBi code's mixture."""
     weight = opts.spatial.weight
     b = spatial_tile(pos[0][rows], pos[1], "released").neg_()  # affinity -D' (base 0, no clamp)
     base = torch.zeros_like(b[:, 0])
-    _log_softmax_rows(b, out, base, base - _spatial_reach(pos) ** 2, False, opts.band_width, opts.eps, False)
+    _log_softmax_rows(b, out, base, base - reach**2, False, opts.band_width, opts.eps, False)
     b.add_(math.log(weight))
     torch.add(a, math.log1p(-weight) if weight < 1.0 else -math.inf, out=out)
     return torch.logaddexp(out, b, out=out)
-
-
-_LARGE_TILE = 2**15
 
 
 def _spatial_reach(pos: tuple[Tensor, Tensor]) -> float:
@@ -284,6 +286,7 @@ def _forward_image(x: Tensor, y: Tensor, opts: _Options, plan: StripPlan, pos, n
     best = x.new_full((m,), -math.inf)
     index = torch.zeros(m, dtype=torch.long, device=x.device)
     feature_best = x.new_zeros(m) if opts.released else None
+    reach = _spatial_reach(pos) if opts.released else 0.0
     row_stats: list[dict[str, Tensor]] = []
     for row0 in range(0, n, plan.rows):
         rows = slice(row0, min(n, row0 + plan.rows))
@@ -295,7 +298,8 @@ def _forward_image(x: Tensor, y: Tensor, opts: _Options, plan: StripPlan, pos, n
         if need_grad:
             row_stats.append(stats)
         if opts.released:
-            cols, local = _update_columns(_released_mixture(a, buf_w[:size], rows, opts, pos), row0, best, index)
+            mixture = _released_mixture(a, buf_w[:size], rows, opts, pos, reach)
+            cols, local = _update_columns(mixture, row0, best, index)
             feature_best[cols] = a[local, cols]
         else:
             _update_columns(a, row0, best, index)

@@ -85,18 +85,23 @@ def row_max_first_index(u: Tensor, block: int = 128) -> tuple[Tensor, Tensor]:
     blocks of ``block`` columns finds the maxima, and only the first block holding each row's
     maximum is searched for its index.
     """
-    cols = u.shape[1]
+    rows, cols = u.shape
     full = cols - cols % block
     parts = [u[:, :full].unflatten(1, (full // block, block)).amax(dim=2)] if full else []
     if full < cols:
         parts.append(u[:, full:].amax(dim=1, keepdim=True))
     block_max = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
     row_max = block_max.amax(dim=1)
-    first_block = (block_max == row_max.unsqueeze(1)).to(torch.uint8).argmax(dim=1)
-    # Columns of that block; the tail block is padded with the last column, which cannot come first.
-    candidates = (first_block.unsqueeze(1) * block + torch.arange(block, device=u.device)).clamp_max_(cols - 1)
-    hit = (u.gather(1, candidates) == row_max.unsqueeze(1)).to(torch.uint8).argmax(dim=1)
-    return row_max, candidates.gather(1, hit.unsqueeze(1)).squeeze(1)
+    # argmax returns the first maximum; bool -> uint8 is a free reinterpretation.
+    first_block = (block_max == row_max.unsqueeze(1)).view(torch.uint8).argmax(dim=1)
+    start = first_block * block
+    if full == cols:
+        segment = u.unflatten(1, (cols // block, block))[torch.arange(rows, device=u.device), first_block]
+    else:  # the tail block is padded with the last column, which cannot come first
+        offsets = torch.arange(block, device=u.device)
+        segment = u.gather(1, (start.unsqueeze(1) + offsets).clamp_max_(cols - 1))
+    hit = (segment == row_max.unsqueeze(1)).view(torch.uint8).argmax(dim=1)
+    return row_max, start + hit
 
 
 def exp_without_underflow(t: Tensor, floor: Tensor, out: Tensor | None = None) -> Tensor:
