@@ -13,7 +13,7 @@ gives the affinities u, and with :math:`s_i = 1 / (h (m_i + \epsilon))`,
     A_j = \max_i a_{ij}, \quad \log CX = \operatorname{LSE}_j A_j - \log M.
 
 Only row statistics (max, argmin k(i), s_i, L_i, the row entropy H_i) and the running column
-maximum A_j with its argmax i*(j) are kept: 5N + 2M numbers per image. The backward pass
+maximum A_j with its argmax i*(j) are kept: about 5N + 2M numbers per image. The backward pass
 (a custom :class:`torch.autograd.Function`) is exact, including the gradient through the row
 minimum; it recomputes only the rows that are some target's argmax, since every other row has
 zero gradient. See the project's streaming design note for the derivation; in short, with
