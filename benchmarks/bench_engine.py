@@ -16,7 +16,11 @@ Usage::
     python benchmarks/bench_engine.py --sizes 64,128 --channels 256 --repeats 3
     python benchmarks/bench_engine.py --output docs/engine-benchmark.md
 
-Timings on a shared machine are noisy: compare ratios measured side by side in one run.
+Timings on a shared machine are noisy: compare ratios measured side by side in one run. The runs
+use ``OMP_WAIT_POLICY=PASSIVE`` by default (``--omp-wait-policy``): with GNU OpenMP's default
+spin-waiting, every parallel operation can cost a scheduler time slice when other processes hold
+the cores, which penalises code made of many operations (the streaming engine: about a dozen per
+strip) far more than code made of a few large ones.
 """
 
 from __future__ import annotations
@@ -98,9 +102,11 @@ def _available_memory() -> float:
     return float("inf")
 
 
-def _run_child(extra: list[str], timeout: float) -> dict | str:
+def _run_child(extra: list[str], timeout: float, wait_policy: str) -> dict | str:
     cmd = [sys.executable, os.path.abspath(__file__), *extra]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    if wait_policy != "default":
+        env["OMP_WAIT_POLICY"] = wait_policy
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
     except subprocess.TimeoutExpired:
@@ -132,7 +138,7 @@ def _point(args: argparse.Namespace, size: int, channels: int, engines: list[str
             spent = sum(r["forward"] + r["forward_backward"] for r in runs[engine])
             if engine in results or (runs[engine] and spent > args.point_seconds):
                 continue
-            outcome = _run_child([*base, "--engine", engine], args.timeout)
+            outcome = _run_child([*base, "--engine", engine], args.timeout, args.omp_wait_policy)
             if isinstance(outcome, str):
                 results[engine] = outcome
             else:
@@ -186,6 +192,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="runs per point and engine (median)")
     parser.add_argument("--point-seconds", type=float, default=150.0, help="no further runs of an engine after this")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument(
+        "--omp-wait-policy",
+        default="PASSIVE",
+        choices=["PASSIVE", "ACTIVE", "default"],
+        help="OMP_WAIT_POLICY of the runs (both engines): PASSIVE keeps idle OpenMP threads from "
+        "spinning, which on a shared machine otherwise costs a scheduler time slice per parallel operation",
+    )
     parser.add_argument("--memory-budget", type=int, default=None, help="streaming workspace in bytes")
     parser.add_argument("--max-dense-gib", type=float, default=16.0, help="skip dense points needing more")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per point")
@@ -211,21 +224,22 @@ def main(argv: list[str] | None = None) -> None:
     points += [(int(p.split(":")[0]), int(p.split(":")[1]), ["streaming"]) for p in args.extra.split(",") if p]
     matmul = ["--matmul", "--threads", str(args.threads)]
     loads = [os.getloadavg()[0]]
-    rates = [_run_child(matmul, 600)["gflops"]]
+    rates = [_run_child(matmul, 600, args.omp_wait_policy)["gflops"]]
     rows = []
     for size, channels, point_engines in points:
         row = {"size": size, "channels": channels, "streaming": "-", "dense": "-"}
         row.update(_point(args, size, channels, point_engines))
         print(f"S={size} C={channels}: {row}", file=sys.stderr, flush=True)
         rows.append(row)
-    rates.append(_run_child(matmul, 600)["gflops"])
+    rates.append(_run_child(matmul, 600, args.omp_wait_policy)["gflops"])
     loads.append(os.getloadavg()[0])
     rate = max(rates)
     import torch
 
     report = "\n".join(
         [
-            f"Batch 1, float32, cosine, {args.threads} threads, median of up to {args.repeats} runs (fresh processes); "
+            f"Batch 1, float32, cosine, {args.threads} threads (OMP_WAIT_POLICY={args.omp_wait_policy}), "
+            f"median of up to {args.repeats} runs (fresh processes); "
             f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs.",
             f"float32 matmul rate (2048^3): {rates[0]:.1f} GFLOP/s before, {rates[1]:.1f} after; "
             f"the % column uses {rate:.1f}. Load average (1 min): {loads[0]:.1f} at the start, "
