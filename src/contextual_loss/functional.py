@@ -27,7 +27,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from contextual_loss import engine, maths
+from contextual_loss import engine as _engine
+from contextual_loss import maths
 from contextual_loss._validation import (
     check_choice,
     check_feature_pair,
@@ -52,6 +53,7 @@ LOSS_TYPES = ("cosine", "l1", "l2")
 CENTERS = ("image", "batch")
 REDUCTIONS = ("mean", "sum", "none")
 COBI_FORMS = ("paper", "released")
+EngineName = _engine.EngineName
 
 
 @contextlib.contextmanager
@@ -76,6 +78,12 @@ def _check_options(band_width: float, loss_type: str, eps: float, center: str, m
     check_choice("center", center, CENTERS)
     if max_points is not None:
         check_positive_int("max_points", max_points)
+
+
+def _check_engine(engine: str, memory_budget: int | None) -> None:
+    check_choice("engine", engine, _engine.ENGINES)
+    if memory_budget is not None:
+        check_positive_int("memory_budget", memory_budget)
 
 
 def _spatial_option(weight_sp: float, form: str) -> tuple[float, str]:
@@ -103,10 +111,13 @@ def _run(
     max_points: int | None,
     generator: torch.Generator | None,
     want_match: bool,
+    engine: str = "auto",
+    memory_budget: int | None = None,
 ) -> Tensor | ContextualMatch:
     """Validate, flatten, sample, prepare and hand the sets to the engine."""
     check_feature_pair(x, y)
     _check_options(band_width, loss_type, eps, center, max_points)
+    _check_engine(engine, memory_budget)
     check_finite_values("x", x)
     check_finite_values("y", y)
     dtype = _compute_dtype(x, y)
@@ -120,10 +131,17 @@ def _run(
         )
         xs, ys = maths.prepare_features(xs, ys, loss_type, center)
         term = None if spatial is None else SpatialTerm(spatial[0], spatial[1], pos_x, pos_y)
-        kwargs = {"loss_type": loss_type, "band_width": float(band_width), "eps": float(eps), "spatial": term}
+        kwargs = {
+            "loss_type": loss_type,
+            "band_width": float(band_width),
+            "eps": float(eps),
+            "spatial": term,
+            "engine": engine,
+            "memory_budget": memory_budget,
+        }
         if want_match:
-            return engine.match(xs, ys, **kwargs)
-        return engine.log_similarity(xs, ys, **kwargs)
+            return _engine.match(xs, ys, **kwargs)
+        return _engine.log_similarity(xs, ys, **kwargs)
 
 
 def _reduce(loss: Tensor, reduction: str) -> Tensor:
@@ -149,6 +167,8 @@ def contextual_similarity(
     center: str = "image",
     max_points: int | None = None,
     generator: torch.Generator | None = None,
+    engine: EngineName = "auto",
+    memory_budget: int | None = None,
 ) -> Tensor:
     r"""Contextual similarity CX(X, Y) of each image pair (Mechrez et al., ECCV 2018).
 
@@ -176,6 +196,12 @@ def contextual_similarity(
         max_points: if set, compare at most this many randomly drawn positions per map
             (the authors used 65 * 65); the same positions for x and y when their shapes match.
         generator: ``torch.Generator`` for the sampling draws.
+        engine: ``"auto"`` (default: the dense engine for small problems, the streaming engine
+            otherwise), ``"dense"`` (full N x M matrices; supports double backward) or
+            ``"streaming"`` (memory grows with N + M; exact first-order gradients only).
+        memory_budget: bytes of strip workspace for the streaming engine (default 16 MiB). It
+            bounds the engine's memory beyond the O((N + M) C) inputs and gradients; larger
+            budgets mean fewer, taller strips.
 
     Returns:
         (B,) tensor of CX values.
@@ -183,7 +209,7 @@ def contextual_similarity(
     Raises:
         TypeError: non-tensor or integer inputs, non-numeric options.
         ValueError: wrong shapes, mismatched batch or channels, empty maps, NaN/inf in the
-            inputs, band_width or eps <= 0, unknown loss_type or center.
+            inputs, band_width or eps <= 0, unknown loss_type, center or engine, memory_budget < 1.
 
     """
     log_sim = _run(
@@ -197,6 +223,8 @@ def contextual_similarity(
         max_points=max_points,
         generator=generator,
         want_match=False,
+        engine=engine,
+        memory_budget=memory_budget,
     )
     return log_sim.exp()
 
@@ -212,6 +240,8 @@ def contextual_loss(
     reduction: Reduction = "mean",
     max_points: int | None = None,
     generator: torch.Generator | None = None,
+    engine: EngineName = "auto",
+    memory_budget: int | None = None,
 ) -> Tensor:
     r"""Contextual Loss :math:`-\log CX(X, Y)` (Mechrez et al., ECCV 2018).
 
@@ -239,6 +269,8 @@ def contextual_loss(
         max_points=max_points,
         generator=generator,
         want_match=False,
+        engine=engine,
+        memory_budget=memory_budget,
     )
     return _loss_from_log_similarity(log_sim, reduction)
 
@@ -256,6 +288,8 @@ def contextual_bilateral_loss(
     reduction: Reduction = "mean",
     max_points: int | None = None,
     generator: torch.Generator | None = None,
+    engine: EngineName = "auto",
+    memory_budget: int | None = None,
 ) -> Tensor:
     r"""Contextual Bilateral loss, CoBi (Zhang et al., CVPR 2019).
 
@@ -277,8 +311,8 @@ def contextual_bilateral_loss(
     reduction runs in the CX direction (max over prediction, mean over target), not reversed.
 
     Args:
-        x, y, band_width, loss_type, eps, center, reduction, max_points, generator: as in
-            :func:`contextual_loss`.
+        x, y, band_width, loss_type, eps, center, reduction, max_points, generator, engine,
+            memory_budget: as in :func:`contextual_loss`.
         weight_sp: w_s >= 0 (``released``: in [0, 1]).
         form: ``"paper"`` or ``"released"``.
 
@@ -298,6 +332,8 @@ def contextual_bilateral_loss(
         max_points=max_points,
         generator=generator,
         want_match=False,
+        engine=engine,
+        memory_budget=memory_budget,
     )
     return _loss_from_log_similarity(log_sim, reduction)
 
@@ -312,6 +348,8 @@ def contextual_match(
     form: str = "paper",
     eps: float = 1e-5,
     center: str = "image",
+    engine: EngineName = "auto",
+    memory_budget: int | None = None,
 ) -> ContextualMatch:
     """What the loss matched: for each target vector, its best prediction vector and similarity.
 
@@ -333,4 +371,6 @@ def contextual_match(
         max_points=None,
         generator=None,
         want_match=True,
+        engine=engine,
+        memory_budget=memory_budget,
     )

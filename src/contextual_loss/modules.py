@@ -55,9 +55,13 @@ class _ContextualModule(nn.Module):
         center: str,
         reduction: str,
         max_points: int | None,
+        engine: str = "auto",
+        memory_budget: int | None = None,
     ) -> None:
         super().__init__()
         CF._check_options(band_width, loss_type, eps, center, max_points)
+        CF._check_engine(engine, memory_budget)
+        self.engine, self.memory_budget = engine, memory_budget
         check_choice("reduction", reduction, CF.REDUCTIONS)
         self.band_width = float(band_width)
         self.loss_type = loss_type
@@ -91,6 +95,8 @@ class _ContextualModule(nn.Module):
             "reduction": "none",
             "max_points": self.max_points,
             "generator": generator,
+            "engine": self.engine,
+            "memory_budget": self.memory_budget,
         }
 
     def forward(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
@@ -140,7 +146,7 @@ class ContextualLoss(_ContextualModule):
         use_vgg: contextual_loss_pytorch's switch: ``use_vgg=True, vgg_layer=name`` is
             ``layers={name: 1.0}``.
         vgg_layer: the VGG19 layer used when ``use_vgg`` is true.
-        eps, center, reduction, max_points: as in the functional form.
+        eps, center, reduction, max_points, engine, memory_budget: as in the functional form.
         layers: the feature maps to compare and the weight of each loss, summed: a name, a list of
             names (weight 1 each) or a dict such as ``{"relu3_2": 1.0, "relu4_2": 1.0}``. Names are
             VGG19 layers (``conv{b}_{k}`` before the ReLU, ``relu{b}_{k}`` after it, ``pool{b}``),
@@ -184,6 +190,8 @@ class ContextualLoss(_ContextualModule):
         center: str = "image",
         reduction: str = "mean",
         max_points: int | None = None,
+        engine: str = "auto",
+        memory_budget: int | None = None,
     ) -> None:
         super().__init__(
             band_width,
@@ -201,6 +209,8 @@ class ContextualLoss(_ContextualModule):
             center=center,
             reduction=reduction,
             max_points=max_points,
+            engine=engine,
+            memory_budget=memory_budget,
         )
 
     @classmethod
@@ -248,8 +258,8 @@ class ContextualBilateralLoss(_ContextualModule):
 
     Args:
         weight_sp: w_s, the weight of the spatial term (>= 0; in [0, 1] for ``form="released"``).
-        band_width, loss_type, use_vgg, vgg_layer, eps, center, reduction, max_points: as in
-            :class:`ContextualLoss`.
+        band_width, loss_type, use_vgg, vgg_layer, eps, center, reduction, max_points, engine,
+            memory_budget: as in :class:`ContextualLoss`.
         form: ``"paper"`` (default) or ``"released"``; see
             :func:`contextual_loss.functional.contextual_bilateral_loss`.
         layers, features, weights, pooling, input_range, patch_size, padding: the features, as in
@@ -283,6 +293,8 @@ class ContextualBilateralLoss(_ContextualModule):
         center: str = "image",
         reduction: str = "mean",
         max_points: int | None = None,
+        engine: str = "auto",
+        memory_budget: int | None = None,
     ) -> None:
         super().__init__(
             band_width,
@@ -300,6 +312,8 @@ class ContextualBilateralLoss(_ContextualModule):
             center=center,
             reduction=reduction,
             max_points=max_points,
+            engine=engine,
+            memory_budget=memory_budget,
         )
         self.weight_sp, self.form = CF._spatial_option(weight_sp, form)
 

@@ -1,31 +1,102 @@
 """Engines that evaluate the contextual similarity of prepared feature sets.
 
 The functional API prepares features (flatten, sample, centre, normalise) and hands the sets to
-an engine. An engine returns log CX(X, Y) per image and, on request, the per-target matches. The
-dense engine (:mod:`contextual_loss.engine.dense`) builds the full N x M matrices; it is the
-reference that every other engine is tested against.
+an engine. An engine returns log CX(X, Y) per image and, on request, the per-target matches.
+
+- ``dense`` (:mod:`contextual_loss.engine.dense`) builds the full N x M matrices with plain
+  autograd; it is the readable reference every other engine is tested against, and the faster
+  choice for small problems.
+- ``streaming`` (:mod:`contextual_loss.engine.streaming`) never holds an N x M matrix: memory
+  grows with N + M (plus a fixed strip workspace, ``memory_budget`` bytes), with an exact
+  custom backward.
+- ``auto`` (the default) takes the dense engine when B * N * M <= :data:`DENSE_MAX_ENTRIES`
+  and the streaming engine otherwise.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import Tensor
 
 from contextual_loss.engine.dense import dense_log_similarity, dense_match
+from contextual_loss.engine.streaming import (
+    DoubleBackwardError,
+    streaming_log_similarity,
+    streaming_match,
+    streaming_plan,
+)
+from contextual_loss.engine.strips import DEFAULT_MEMORY_BUDGET, StripPlan
 from contextual_loss.engine.types import ContextualMatch, SpatialTerm
 from contextual_loss.maths import Distance
 
-__all__ = ["ContextualMatch", "SpatialTerm", "dense_log_similarity", "dense_match", "log_similarity", "match"]
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "DENSE_MAX_ENTRIES",
+    "ENGINES",
+    "ContextualMatch",
+    "DoubleBackwardError",
+    "EngineName",
+    "SpatialTerm",
+    "StripPlan",
+    "choose_engine",
+    "dense_log_similarity",
+    "dense_match",
+    "log_similarity",
+    "match",
+    "streaming_log_similarity",
+    "streaming_match",
+    "streaming_plan",
+]
+
+EngineName = Literal["auto", "dense", "streaming"]
+ENGINES = ("auto", "dense", "streaming")
+
+#: ``auto`` uses the dense engine up to this many entries B * N * M. Measured on a 2-core CPU
+#: (forward + backward, C in {64, 256}): dense is faster up to N * M = 65536 (16 x 16 maps), the two
+#: are even between 160k and 330k (20 x 20 to 24 x 24), streaming wins from about 1M; see docs/engine.md.
+DENSE_MAX_ENTRIES = 2**18
+
+
+def choose_engine(x: Tensor, y: Tensor, engine: EngineName = "auto") -> Literal["dense", "streaming"]:
+    """The engine ``engine`` resolves to for prepared sets x (B, N, C) and y (B, M, C)."""
+    if engine != "auto":
+        return engine
+    entries = x.shape[0] * x.shape[1] * y.shape[1]
+    return "dense" if entries <= DENSE_MAX_ENTRIES else "streaming"
 
 
 def log_similarity(
-    x: Tensor, y: Tensor, *, loss_type: Distance, band_width: float, eps: float, spatial: SpatialTerm | None = None
+    x: Tensor,
+    y: Tensor,
+    *,
+    loss_type: Distance,
+    band_width: float,
+    eps: float,
+    spatial: SpatialTerm | None = None,
+    engine: EngineName = "auto",
+    memory_budget: int | None = None,
 ) -> Tensor:
-    """Log CX(X, Y) for each image, (B,), on the engine best suited to the problem size."""
-    return dense_log_similarity(x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial)
+    """Log CX(X, Y) for each image, (B,), on the chosen engine (``auto``: by problem size)."""
+    kwargs = {"loss_type": loss_type, "band_width": band_width, "eps": eps, "spatial": spatial}
+    if choose_engine(x, y, engine) == "dense":
+        return dense_log_similarity(x, y, **kwargs)
+    return streaming_log_similarity(x, y, memory_budget=memory_budget, **kwargs)
 
 
 def match(
-    x: Tensor, y: Tensor, *, loss_type: Distance, band_width: float, eps: float, spatial: SpatialTerm | None = None
+    x: Tensor,
+    y: Tensor,
+    *,
+    loss_type: Distance,
+    band_width: float,
+    eps: float,
+    spatial: SpatialTerm | None = None,
+    engine: EngineName = "auto",
+    memory_budget: int | None = None,
 ) -> ContextualMatch:
-    """Per-target best matches (see :class:`ContextualMatch`) on the engine best suited to the size."""
-    return dense_match(x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial)
+    """Per-target best matches (see :class:`ContextualMatch`) on the chosen engine."""
+    kwargs = {"loss_type": loss_type, "band_width": band_width, "eps": eps, "spatial": spatial}
+    if choose_engine(x, y, engine) == "dense":
+        return dense_match(x, y, **kwargs)
+    return streaming_match(x, y, memory_budget=memory_budget, **kwargs)

@@ -1,0 +1,256 @@
+r"""Row strips and per-strip distances for the streaming engine.
+
+The streaming engine never holds an N x M matrix: it visits the prediction's rows in full-width
+strips of ``rows`` x M entries, and the strip height comes from a memory budget
+(:func:`plan_strips`). Each distance is written as an *affinity* u with
+
+.. math::
+
+    d_{ij} = \beta_i - u_{ij},
+
+so that the row minimum of d is the row maximum of u, and ``d - min d = max u - u`` needs no
+per-element base. Cosine: u = <x, y> and beta = 1. Squared L2: u = 2 <x, y> - |y|^2 (one GEMM on
+augmented operands) and beta = |x|^2, which cancels exactly in ``d - min d``. L1: u = -d and
+beta = 0. Each class also maps a strip's gradient on d back to the rows of x and to y.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from contextual_loss.maths import CoBiForm, Distance
+
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "StripDistance",
+    "StripPlan",
+    "exp_without_underflow",
+    "make_strip_distance",
+    "plan_strips",
+    "row_max_first_index",
+    "spatial_tile",
+]
+
+#: Default workspace of the streaming engine, in bytes (16 MiB): two float32 strips of 2M entries.
+DEFAULT_MEMORY_BUDGET = 16 * 2**20
+
+
+@dataclass(frozen=True)
+class StripPlan:
+    """How the streaming engine cuts an N x M problem into full-width row strips.
+
+    Attributes:
+        rows: prediction rows per forward strip (the last strip may be shorter).
+        backward_rows: rows per backward strip; the backward needs one strip buffer fewer, so
+            its strips are taller within the same workspace.
+        columns: M, the width of every strip.
+        tiles: strip-sized buffers alive at once in the forward pass (2, plus 1 for L1 and 1 for
+            a CoBi spatial term).
+        itemsize: bytes per entry of the compute dtype.
+
+    """
+
+    rows: int
+    backward_rows: int
+    columns: int
+    tiles: int
+    itemsize: int
+
+    @property
+    def workspace_bytes(self) -> int:
+        """Bytes of the strip buffers alive at once: the engine's memory beyond O((N + M) C)."""
+        return max(self.rows * self.tiles, self.backward_rows * (self.tiles - 1)) * self.columns * self.itemsize
+
+
+def plan_strips(n: int, m: int, *, dtype: torch.dtype, memory_budget: int, tiles: int) -> StripPlan:
+    """Largest strip height whose ``tiles`` buffers of ``rows x m`` entries fit in ``memory_budget`` bytes.
+
+    At least one row is used, so a budget below one row's ``tiles * m`` entries is exceeded by
+    that single row (the engine streams rows, not 2-D tiles).
+    """
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    rows = max(1, min(n, memory_budget // (m * tiles * itemsize)))
+    backward_rows = max(1, min(n, memory_budget // (m * (tiles - 1) * itemsize)))
+    return StripPlan(rows=rows, backward_rows=backward_rows, columns=m, tiles=tiles, itemsize=itemsize)
+
+
+def row_max_first_index(u: Tensor, block: int = 128) -> tuple[Tensor, Tensor]:
+    """Row maxima of a strip and the first column index attaining each, like ``u.max(dim=1)``.
+
+    On CPU a reduction with indices costs several times a plain ``amax``; here one ``amax`` over
+    blocks of ``block`` columns finds the maxima, and only the first block holding each row's
+    maximum is searched for its index.
+    """
+    rows, cols = u.shape
+    full = cols - cols % block
+    parts = [u[:, :full].unflatten(1, (full // block, block)).amax(dim=2)] if full else []
+    if full < cols:
+        parts.append(u[:, full:].amax(dim=1, keepdim=True))
+    block_max = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+    row_max = block_max.amax(dim=1)
+    # argmax returns the first maximum; bool -> uint8 is a free reinterpretation.
+    first_block = (block_max == row_max.unsqueeze(1)).view(torch.uint8).argmax(dim=1)
+    start = first_block * block
+    if full == cols:
+        segment = u.unflatten(1, (cols // block, block))[torch.arange(rows, device=u.device), first_block]
+    else:  # the tail block is padded with the last column, which cannot come first
+        offsets = torch.arange(block, device=u.device)
+        segment = u.gather(1, (start.unsqueeze(1) + offsets).clamp_max_(cols - 1))
+    hit = (segment == row_max.unsqueeze(1)).view(torch.uint8).argmax(dim=1)
+    return row_max, start + hit
+
+
+def exp_without_underflow(t: Tensor, floor: Tensor, out: Tensor | None = None) -> Tensor:
+    """exp(t) for t <= 0, with ``floor`` a per-row lower bound of t (b,); in place unless ``out``.
+
+    On CPU, ``exp`` of an argument whose result underflows (t < -87 in float32) runs tens of
+    times slower than the normal range. Rows that can underflow (e.g. nearly one-hot rows of
+    well-matched features) are clamped first and the clamped entries set to exactly 0 after.
+    """
+    lowest = math.log(torch.finfo(t.dtype).tiny) + 0.5
+    if not bool((floor < lowest).any()):
+        return torch.exp(t, out=out) if out is not None else t.exp_()
+    e = torch.clamp(t, min=lowest, out=out) if out is not None else t.clamp_(min=lowest)
+    return torch.nn.functional.threshold_(e.exp_(), math.exp(lowest), 0.0)
+
+
+def spatial_tile(pos_x: Tensor, pos_y: Tensor, form: CoBiForm) -> Tensor:
+    """CoBi's spatial distance D' between a strip's positions (b, 2) and all target positions (M, 2).
+
+    ``paper``: Euclidean distance; ``released``: squared Euclidean distance. Differences are formed
+    directly (no GEMM expansion), so co-located positions get exactly 0, as in the dense reference.
+    """
+    d = torch.cdist(pos_x, pos_y, p=2.0, compute_mode="donot_use_mm_for_euclid_dist")
+    return d.square_() if form == "released" else d
+
+
+class StripDistance:
+    """Per-image operands of one feature distance, evaluated and differentiated strip by strip.
+
+    Subclasses set ``base`` (beta_i of the module docstring, (N,)), ``floor`` (a lower bound of
+    u per row, (N,), which only decides how carefully exponentials are taken), ``clamp``
+    (whether the row minimum of d is clamped at 0 against rounding, as the dense reference
+    clamps d), and ``extra_tiles`` (strip buffers the distance allocates itself).
+    """
+
+    clamp: bool = True
+    extra_tiles: int = 0
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        self.x, self.y = x, y
+        self.base = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+        # |<x, y>| <= 1 for unit or zero vectors (a margin covers rounding).
+        self.floor = torch.full_like(self.base, -1.0 - 1e-3)
+
+    def affinity(self, rows: Tensor | slice, out: Tensor, scale: Tensor | None = None) -> Tensor:
+        """U (times the per-row ``scale`` if given) of the given prediction rows against every target.
+
+        The result is written to ``out`` when the distance is a GEMM (then the scale is folded
+        into the small operand for free).
+        """
+        raise NotImplementedError
+
+    def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
+        """Accumulate the gradient of a strip into the ``dx`` rows and into ``dy``.
+
+        The gradient on the strip's distances is ``scale[:, None] * grad``: the row scale is kept
+        apart so that it can be folded into the small GEMM operands. ``grad`` may be overwritten.
+        """
+        raise NotImplementedError
+
+    def finish(self, dy: Tensor) -> None:
+        """Complete ``dy`` after the last strip (for distances that accumulate in another form)."""
+
+
+class _CosineDistance(StripDistance):
+    """d = 1 - <x, y> on centred unit (or zero) vectors; u = <x, y>."""
+
+    def affinity(self, rows: Tensor | slice, out: Tensor, scale: Tensor | None = None) -> Tensor:
+        xs = self.x[rows] if scale is None else self.x[rows] * scale.unsqueeze(1)
+        return torch.matmul(xs, self.y.mT, out=out)
+
+    def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
+        # d = 1 - <x, y>: the gradient on u is minus the gradient on d.
+        xs = self.x[rows]
+        dx[rows] = (grad @ self.y).mul_(-scale.unsqueeze(1))
+        dy.addmm_(grad.mT, xs * scale.unsqueeze(1), alpha=-1.0)
+
+
+class _SquaredL2Distance(StripDistance):
+    """d = |x|^2 + |y|^2 - 2 <x, y>; u = [x, 1] [2y, -|y|^2]^T in one GEMM, beta = |x|^2."""
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        super().__init__(x, y)
+        ones_x = x.new_ones(x.shape[0], 1)
+        ones_y = y.new_ones(y.shape[0], 1)
+        self.base = x.pow(2).sum(-1)
+        # d <= (|x| + max |y|)^2, so u = |x|^2 - d is at least |x|^2 - (|x| + max |y|)^2.
+        norm_x = self.base.sqrt()
+        self.floor = self.base - (norm_x + y.norm(dim=-1).amax()).pow(2) - 1e-3 * (1.0 + self.base)
+        self._x1 = torch.cat((x, ones_x), dim=1)
+        self._y_aug = torch.cat((2.0 * y, -y.pow(2).sum(-1, keepdim=True)), dim=1)
+        self._y1 = torch.cat((y, ones_y), dim=1)
+        self._acc: Tensor | None = None
+
+    def affinity(self, rows: Tensor | slice, out: Tensor, scale: Tensor | None = None) -> Tensor:
+        xs = self._x1[rows] if scale is None else self._x1[rows] * scale.unsqueeze(1)
+        return torch.matmul(xs, self._y_aug.mT, out=out)
+
+    def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
+        # dx_i = 2 (rowsum_i(D) x_i - (D y)_i), dy_j = 2 (colsum_j(D) y_j - (D^T x)_j), D = scale * grad;
+        # the ones column of y1 / of the scaled x gives the row / column sums inside the GEMMs.
+        xs = self.x[rows]
+        py = grad @ self._y1
+        c = xs.shape[1]
+        dx[rows] = (xs * py[:, c:] - py[:, :c]).mul_(2.0 * scale.unsqueeze(1))
+        if self._acc is None:  # columns :C accumulate D^T x, column C the column sums of D
+            self._acc = self.y.new_zeros(self.y.shape[0], c + 1)
+        self._acc.addmm_(grad.mT, self._x1[rows] * scale.unsqueeze(1))
+
+    def finish(self, dy: Tensor) -> None:
+        if self._acc is not None:
+            c = self.y.shape[1]
+            dy.addcmul_(self._acc[:, c:], self.y, value=2.0).sub_(self._acc[:, :c], alpha=2.0)
+
+
+class _L1Distance(StripDistance):
+    """d = sum |x - y| (torch.cdist, p = 1); u = -d. The backward is autograd of one strip's cdist."""
+
+    clamp = False
+    extra_tiles = 1
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        super().__init__(x, y)
+        self.base = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        # d <= |x|_1 + max |y|_1.
+        norm_x = x.abs().sum(-1)
+        self.floor = -(norm_x + y.abs().sum(-1).amax()) * (1.0 + 1e-3) - 1e-3
+
+    def affinity(self, rows: Tensor | slice, out: Tensor, scale: Tensor | None = None) -> Tensor:
+        d = torch.cdist(self.x[rows], self.y, p=1.0)
+        return d.neg_() if scale is None else d.mul_(-scale.unsqueeze(1))
+
+    def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
+        with torch.enable_grad():
+            xs = self.x[rows].detach().requires_grad_(True)
+            y = self.y.detach().requires_grad_(True)
+            d = torch.cdist(xs, y, p=1.0)
+            gx, gy = torch.autograd.grad(d, (xs, y), grad.mul_(scale.unsqueeze(1)))
+        dx[rows] = gx
+        dy.add_(gy)
+
+
+_DISTANCES: dict[str, type[StripDistance]] = {
+    "cosine": _CosineDistance,
+    "l2": _SquaredL2Distance,
+    "l1": _L1Distance,
+}
+
+
+def make_strip_distance(x: Tensor, y: Tensor, loss_type: Distance) -> StripDistance:
+    """The strip evaluator of ``loss_type`` for one image's prepared sets x (N, C) and y (M, C)."""
+    return _DISTANCES[loss_type](x, y)
