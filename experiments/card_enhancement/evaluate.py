@@ -167,7 +167,7 @@ def comparison_figure(result: dict, path: Path, cards: Sequence[int] = (0, 1, 2)
 
 def _settings(runs: dict) -> str:
     head = ("run", "steps", "batch", "crop", "lr", "patch", "distance", "band width", "w_s", "L1 weight", "max points")
-    lines = ["| " + " | ".join((*head, "train time")) + " |", "|---" * (len(head) + 1) + "|"]
+    lines = ["| " + " | ".join((*head, "processes x threads", "train time")) + " |", "|---" * (len(head) + 2) + "|"]
     for loss, ckpt in runs.items():
         c = ckpt["config"]
         ws = c["weight_sp"] if "cobi" in loss else "-"
@@ -177,7 +177,8 @@ def _settings(runs: dict) -> str:
             f"| {LABELS[loss]} | {ckpt['step']} | {c['batch_size']} | {c['crop']} | {c['lr']} | "
             f"{c['patch_size'] if contextual else '-'} | {c['loss_type'] if contextual else '-'} | "
             f"{c['band_width'] if contextual else '-'} | {ws} | {l1w} | "
-            f"{c['max_points'] if contextual else '-'} | {ckpt['train_seconds'] / 60:.1f} min |"
+            f"{c['max_points'] if contextual else '-'} | {ckpt['world']} x {ckpt.get('threads', '?')} | "
+            f"{ckpt['train_seconds'] / 60:.1f} min |"
         )
     return "\n".join(lines)
 

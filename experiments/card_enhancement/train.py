@@ -244,19 +244,24 @@ def train(
     model = UNetLite(cfg.width).to(info.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     path = checkpoint_path(out, cfg.loss)
-    state = {"step": 0, "history": [], "config": asdict(cfg), "train_seconds": 0.0, "world": info.world}
+    # processes and threads change the order of floating-point sums, hence the trajectory slightly
+    state = {"step": 0, "history": [], "config": asdict(cfg), "train_seconds": 0.0}
+    state |= {"world": info.world, "threads": torch.get_num_threads()}
     if resume and path.exists():
         ckpt = load_checkpoint(path)
         if ckpt["config"] != asdict(cfg):
             raise ValueError(f"cannot resume {path}: it was trained with {ckpt['config']}, not {asdict(cfg)}")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        state = {k: ckpt[k] for k in state}
+        state = {k: ckpt.get(k, v) for k, v in state.items()}
     cards = load_cards(cfg.train_cards, cfg.seed, cache_dir) if info.rank == 0 else None
     if info.world > 1:
         dist.barrier()  # rank 0 has written the cache; the others read it (or generate the same cards)
     cards = cards if cards is not None else load_cards(cfg.train_cards, cfg.seed, cache_dir)
-    net = nn.parallel.DistributedDataParallel(model) if info.world > 1 else model
+    net: nn.Module = model
+    if info.world > 1:
+        device_ids = [info.device.index] if info.device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     loss_fn = build_loss(cfg)
     shard = cfg.batch_size // info.world
     last = min(cfg.steps, stop_after if stop_after is not None else cfg.steps)
