@@ -179,7 +179,8 @@ def contextual_similarity(
         \quad \tilde d_{ij} = \frac{d_{ij}}{\min_k d_{ik} + \epsilon}.
 
     CX lies in [1/M, 1] (M target vectors; each row of CX_ij sums to 1): 1 when every target
-    vector has an exclusive match in the prediction, 1/M for unrelated sets. It ignores positions: it is unchanged by permuting either set.
+    vector has an exclusive match in the prediction, 1/M for unrelated sets. It ignores
+    positions: it is unchanged by permuting either set.
 
     Args:
         x: prediction features (B, C, H, W), floating point. float16/bfloat16 are computed in
