@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
 from contextual_loss.features import VGG19_LAYERS, VGG19Features
-from contextual_loss.features.vgg import IMAGENET_MEAN, IMAGENET_STD
+from contextual_loss.features.vgg import _VGG19_CONFIG, IMAGENET_MEAN, IMAGENET_STD
 
 BLOCK_CHANNELS = {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}
 BLOCK_CONVS = {1: 2, 2: 2, 3: 4, 4: 4, 5: 4}
@@ -21,6 +23,21 @@ BLOCK_CONVS = {1: 2, 2: 2, 3: 4, 4: 4, 5: 4}
 @pytest.fixture
 def image() -> torch.Tensor:
     return torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def test_config_is_torchvisions_vgg19() -> None:
+    # The package keeps its own copy so that it never imports torchvision for the losses alone.
+    assert cfgs["E"] == _VGG19_CONFIG
+
+
+def test_importing_the_package_does_not_import_torchvision() -> None:
+    code = (
+        "import sys, contextual_loss, contextual_loss.features, contextual_loss.cli;"
+        "import torch; x = torch.rand(1, 3, 8, 8); contextual_loss.ContextualLoss()(x, x.flip(-1));"
+        "print('torchvision' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
 
 
 def test_layer_table_matches_torchvision_vgg19_architecture() -> None:

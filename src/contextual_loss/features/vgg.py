@@ -19,7 +19,6 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.vgg import cfgs, make_layers
 
 from contextual_loss._validation import check_choice
 from contextual_loss.features.weights import WeightsArg, load_vgg19_state_dict
@@ -33,7 +32,11 @@ POOLINGS = ("max", "avg")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_VGG19_CONFIG = cfgs["E"]  # torchvision's VGG19: channel counts, "M" for a 2x2 max pooling
+#: torchvision's VGG19 configuration ``cfgs["E"]``: channel counts, "M" for a 2x2 max pooling. Kept
+#: here so that importing the package does not import torchvision; a test checks it against torchvision.
+_VGG19_CONFIG: list[int | str] = [
+    64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M",
+]  # fmt: skip
 
 
 def _layer_table(config: Sequence[int | str]) -> dict[str, int]:
@@ -108,6 +111,8 @@ def _config_prefix(last: int) -> list[int | str]:
 
 def _build_body(last: int, pooling: str) -> nn.Sequential:
     """Build torchvision's VGG19 ``features`` up to index ``last``, on the meta device (no memory yet)."""
+    from torchvision.models.vgg import make_layers  # imported here: the losses alone never need torchvision
+
     # Only the needed prefix, and without initialising it: weights are either loaded or drawn later.
     with torch.device("meta"):
         body = make_layers(_config_prefix(last))[: last + 1]

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 from torch import Tensor
-from torchvision.models import VGG19_Weights
+
+if TYPE_CHECKING:
+    from torchvision.models import VGG19_Weights
 
 __all__ = [
     "WeightsArg",
@@ -32,9 +35,25 @@ __all__ = [
 ]
 
 #: What ``weights=`` accepts: ``"imagenet"``, a torchvision enum member, a path, a state dict or ``None``.
-WeightsArg = str | os.PathLike[str] | VGG19_Weights | Mapping[str, Tensor] | None
+WeightsArg = Union[str, os.PathLike[str], "VGG19_Weights", Mapping[str, Tensor], None]
 
-IMAGENET = VGG19_Weights.IMAGENET1K_V1
+
+def _imagenet() -> VGG19_Weights:
+    """The ImageNet member of torchvision's ``VGG19_Weights``, imported on first use.
+
+    The losses themselves never import torchvision: it adds about 160 MB of resident memory.
+    """
+    from torchvision.models import VGG19_Weights
+
+    return VGG19_Weights.IMAGENET1K_V1
+
+
+def _is_torchvision_weights(weights: object) -> bool:
+    """Whether ``weights`` is a torchvision ``VGG19_Weights`` member (only possible once torchvision is imported)."""
+    models = sys.modules.get("torchvision.models")
+    return models is not None and isinstance(weights, models.VGG19_Weights)
+
+
 _FEATURE_KEY = re.compile(r"features\.(\d+)\.(weight|bias)")
 
 
@@ -44,7 +63,7 @@ class WeightsNotFoundError(FileNotFoundError):
 
 def vgg19_cache_path() -> Path:
     """Where the torch hub cache keeps torchvision's ImageNet VGG19 checkpoint (honours ``TORCH_HOME``)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(IMAGENET.url)
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_imagenet().url)
 
 
 def _hash_prefix(url: str) -> str | None:
@@ -69,17 +88,17 @@ def download_vgg19_weights(dest: str | os.PathLike[str] | None = None, *, progre
 
     """
     folder = vgg19_cache_path().parent if dest is None else Path(dest)
-    target = folder / os.path.basename(IMAGENET.url)
+    target = folder / os.path.basename(_imagenet().url)
     if target.is_file():
         return target
     folder.mkdir(parents=True, exist_ok=True)
     try:
         # Writes to a temporary file in ``folder`` and renames it, so no partial file is left behind.
         torch.hub.download_url_to_file(
-            IMAGENET.url, str(target), hash_prefix=_hash_prefix(IMAGENET.url), progress=progress
+            _imagenet().url, str(target), hash_prefix=_hash_prefix(_imagenet().url), progress=progress
         )
     except OSError as error:  # URLError, socket errors, SSL errors and HTTP errors are all OSErrors
-        reason = f"downloading {IMAGENET.url} to {target} failed ({error})"
+        reason = f"downloading {_imagenet().url} to {target} failed ({error})"
         raise WeightsNotFoundError(_missing_message(reason)) from error
     return target
 
@@ -155,7 +174,7 @@ def load_vgg19_state_dict(weights: WeightsArg, *, download: bool = True) -> dict
     """
     if weights is None:
         return None
-    if isinstance(weights, VGG19_Weights) or (isinstance(weights, str) and weights == "imagenet"):
+    if _is_torchvision_weights(weights) or (isinstance(weights, str) and weights == "imagenet"):
         state, source = _imagenet_state_dict(download), f"the checkpoint at {vgg19_cache_path()}"
     elif isinstance(weights, (str, os.PathLike)):
         state, source = _read(Path(weights)), f"the file {os.fspath(weights)!r}"
