@@ -95,8 +95,13 @@ def _spatial_option(weight_sp: float, form: str) -> tuple[float, str]:
 
 
 def _flatten(feature_map: Tensor) -> Tensor:
-    """(B, C, H, W) -> (B, H*W, C), positions in row-major order."""
-    return feature_map.flatten(2).transpose(1, 2)
+    """(B, C, H, W) -> (B, H*W, C), positions in row-major order, each vector contiguous.
+
+    The copy costs one pass over the features; every per-vector operation after it (norms,
+    centring, the engines' row gathers and GEMMs) then reads contiguous memory, which at
+    C = 256 is several times faster than the strided view.
+    """
+    return feature_map.flatten(2).transpose(1, 2).contiguous()
 
 
 def _run(
@@ -200,7 +205,7 @@ def contextual_similarity(
         engine: ``"auto"`` (default: the dense engine for small problems, the streaming engine
             otherwise), ``"dense"`` (full N x M matrices; supports double backward) or
             ``"streaming"`` (memory grows with N + M; exact first-order gradients only).
-        memory_budget: bytes of strip workspace for the streaming engine (default 16 MiB). It
+        memory_budget: bytes of strip workspace for the streaming engine (default 64 MiB). It
             bounds the engine's memory beyond the O((N + M) C) inputs and gradients; larger
             budgets mean fewer, taller strips.
 
