@@ -21,6 +21,8 @@ from contextual_loss.engine import (
     dense_match,
     streaming_log_similarity,
     streaming_match,
+    streaming_plan,
+    strips,
 )
 
 TINY_BUDGET = 512  # bytes: a few rows per strip at these sizes, so every test crosses many strips
@@ -65,6 +67,27 @@ def test_matches_dense_float64(loss_type, cobi, center):
     )
     for got, want in zip(stream, dense, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("max_rows", [3, 16])
+@pytest.mark.parametrize("cobi", COBI)
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_capped_strips_match_dense(loss_type, cobi, max_rows, monkeypatch):
+    # Strips of 16 rows take the blocked column maximum, 3-row strips and the 12-row remainder of
+    # N = 60 the plain one; duplicated prediction rows in different strips: the first must win.
+    monkeypatch.setattr(strips, "MAX_STRIP_ROWS", max_rows)
+    x, y = _maps(2, 5, (6, 10), (4, 5), seed=11)
+    x[:, :, 3] = x[:, :, 0]
+    plan = streaming_plan(60, 20, loss_type=loss_type, dtype=torch.float64)
+    assert plan.rows == plan.backward_rows == max_rows
+    dense = _value_and_grads(x, y, lambda a, b: _loss(a, b, loss_type, cobi, "dense"))
+    stream = _value_and_grads(x, y, lambda a, b: _loss(a, b, loss_type, cobi, "streaming"))
+    for got, want in zip(stream, dense, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-12)
+    want_match = CF.contextual_match(x, y, 0.4, loss_type, engine="dense")
+    got_match = CF.contextual_match(x, y, 0.4, loss_type, engine="streaming")
+    assert want_match.index.unique().numel() > 10
+    assert torch.equal(got_match.index, want_match.index)
 
 
 @pytest.mark.parametrize("cobi", COBI)

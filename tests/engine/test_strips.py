@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from contextual_loss.engine.strips import DEFAULT_MEMORY_BUDGET, plan_strips, row_max_first_index
+from contextual_loss.engine.strips import (
+    DEFAULT_MEMORY_BUDGET,
+    MAX_STRIP_ROWS,
+    column_max_first_index,
+    plan_strips,
+    row_max_first_index,
+)
 
 
 @pytest.mark.parametrize("cols", [1, 5, 127, 128, 129, 300, 1000])
@@ -21,10 +27,32 @@ def test_row_max_first_index_matches_max_with_ties(cols):
 
 def test_plan_fits_the_budget():
     plan = plan_strips(16384, 16384, dtype=torch.float32, memory_budget=DEFAULT_MEMORY_BUDGET, tiles=2)
-    assert plan.rows == 128
+    # 64 MiB holds two strips of 512 rows of 16384 float32 entries: exactly the tallest strip.
+    assert plan.rows == plan.backward_rows == MAX_STRIP_ROWS == 512
     assert plan.workspace_bytes == DEFAULT_MEMORY_BUDGET
+    # A wider problem gets shorter strips; the backward holds one buffer fewer, so taller ones.
+    wide = plan_strips(1000, 65536, dtype=torch.float32, memory_budget=DEFAULT_MEMORY_BUDGET, tiles=3)
+    assert (wide.rows, wide.backward_rows) == (85, 128)
+    assert wide.workspace_bytes <= DEFAULT_MEMORY_BUDGET
     # float64 halves the rows; a tiny budget still streams one row at a time.
     assert plan_strips(100, 1000, dtype=torch.float64, memory_budget=80_000, tiles=2).rows == 5
     assert plan_strips(100, 1000, dtype=torch.float32, memory_budget=1, tiles=3).rows == 1
-    # Never more rows than the problem has.
+    # Never more rows than the problem has, nor than the cap.
     assert plan_strips(7, 10, dtype=torch.float32, memory_budget=DEFAULT_MEMORY_BUDGET, tiles=2).rows == 7
+    assert plan_strips(100, 10, dtype=torch.float32, memory_budget=2**30, tiles=2, max_rows=9).rows == 9
+
+
+@pytest.mark.parametrize("rows", [1, 7, 16, 24, 40, 64])
+def test_column_max_first_index_matches_max_with_ties(rows):
+    gen = torch.Generator().manual_seed(rows)
+    tile = torch.randint(0, 6, (rows, 50), generator=gen).float()  # many exact ties per column
+    tile[:, 3] = 2.0  # a constant column: every row ties
+    best = torch.randint(0, 7, (50,), generator=gen).float()
+    best[3] = 1.0
+    want = tile.max(dim=0)
+    improved = (want.values > best).nonzero().squeeze(1)
+    cols, col_max, first = column_max_first_index(tile, best)
+    assert 3 in cols.tolist()
+    assert torch.equal(cols, improved)
+    assert torch.equal(col_max, want.values[improved])
+    assert torch.equal(first, want.indices[improved])

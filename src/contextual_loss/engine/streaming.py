@@ -47,6 +47,7 @@ from contextual_loss.engine.strips import (
     DEFAULT_MEMORY_BUDGET,
     StripDistance,
     StripPlan,
+    column_max_first_index,
     exp_without_underflow,
     make_strip_distance,
     plan_strips,
@@ -67,9 +68,6 @@ __all__ = [
 class DoubleBackwardError(RuntimeError):
     """Raised when a gradient computed by the streaming engine is differentiated again."""
 
-
-#: Tiles with fewer entries take their column argmax with ``argmax`` rather than ``max(dim)``.
-_LARGE_TILE = 2**15
 
 _DOUBLE_BACKWARD_MESSAGE = (
     "the streaming contextual-loss engine computes first-order gradients only; differentiating its "
@@ -256,16 +254,10 @@ def _spatial_reach(pos: tuple[Tensor, Tensor]) -> float:
 def _update_columns(tile: Tensor, row0: int, best: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
     """Running column max and argmax; the first row wins ties (strict ``>`` across strips).
 
-    On CPU ``amax`` is far cheaper than a reduction with indices, so indices are looked up only
-    for the columns whose maximum improved in this strip (about M / k of them at strip k).
+    Returns the improved columns and their rows within ``tile``.
     """
-    col_max = tile.amax(dim=0)
-    cols = (col_max > best).nonzero().squeeze(1)
-    sub = tile if cols.numel() == tile.shape[1] else tile.index_select(1, cols)
-    # Both return the first index on ties, like the dense reference. On CPU, max(dim) beats argmax
-    # on large tiles, but its thread launch dominates (and stalls on a busy machine) on small ones.
-    local = sub.max(dim=0).indices if sub.numel() >= _LARGE_TILE else sub.argmax(dim=0)
-    best[cols] = col_max[cols]
+    cols, col_max, local = column_max_first_index(tile, best)
+    best[cols] = col_max
     index[cols] = local + row0
     return cols, local
 
@@ -468,7 +460,7 @@ def streaming_log_similarity(
         band_width: h > 0.
         eps: epsilon of the relative distance.
         spatial: CoBi's spatial term, or ``None`` for CX.
-        memory_budget: bytes of strip workspace (default 16 MiB); see :func:`streaming_plan`.
+        memory_budget: bytes of strip workspace (default 64 MiB); see :func:`streaming_plan`.
 
     Returns:
         (B,) log CX, float32 (float64 for float64 inputs), differentiable once.

@@ -26,8 +26,10 @@ from contextual_loss.maths import CoBiForm, Distance
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
+    "MAX_STRIP_ROWS",
     "StripDistance",
     "StripPlan",
+    "column_max_first_index",
     "exp_without_underflow",
     "make_strip_distance",
     "plan_strips",
@@ -35,8 +37,13 @@ __all__ = [
     "spatial_tile",
 ]
 
-#: Default workspace of the streaming engine, in bytes (16 MiB): two float32 strips of 2M entries.
-DEFAULT_MEMORY_BUDGET = 16 * 2**20
+#: Default workspace of the streaming engine, in bytes (64 MiB): two float32 strips of 8M entries.
+DEFAULT_MEMORY_BUDGET = 64 * 2**20
+
+#: The tallest strip used. Taller strips re-read Y less often (each strip's GEMM reads all of Y),
+#: but beyond about 512 rows the GEMM output and the elementwise passes over it fall out of cache
+#: and get slower (measured on a 2-core CPU; see docs/engine.md).
+MAX_STRIP_ROWS = 512
 
 
 @dataclass(frozen=True)
@@ -45,11 +52,10 @@ class StripPlan:
 
     Attributes:
         rows: prediction rows per forward strip (the last strip may be shorter).
-        backward_rows: rows per backward strip; the backward needs one strip buffer fewer, so
-            its strips are taller within the same workspace.
+        backward_rows: rows per backward strip (the backward needs one strip buffer fewer).
         columns: M, the width of every strip.
         tiles: strip-sized buffers alive at once in the forward pass (2, plus 1 for L1 and 1 for
-            a CoBi spatial term).
+            a CoBi spatial term); the backward pass holds one fewer.
         itemsize: bytes per entry of the compute dtype.
 
     """
@@ -66,24 +72,28 @@ class StripPlan:
         return max(self.rows * self.tiles, self.backward_rows * (self.tiles - 1)) * self.columns * self.itemsize
 
 
-def plan_strips(n: int, m: int, *, dtype: torch.dtype, memory_budget: int, tiles: int) -> StripPlan:
-    """Largest strip height whose ``tiles`` buffers of ``rows x m`` entries fit in ``memory_budget`` bytes.
+def plan_strips(
+    n: int, m: int, *, dtype: torch.dtype, memory_budget: int, tiles: int, max_rows: int | None = None
+) -> StripPlan:
+    """Tallest strips (at most ``max_rows``, default :data:`MAX_STRIP_ROWS`) whose buffers fit the budget.
 
-    At least one row is used, so a budget below one row's ``tiles * m`` entries is exceeded by
-    that single row (the engine streams rows, not 2-D tiles).
+    The forward pass holds ``tiles`` buffers of ``rows x m`` entries, the backward ``tiles - 1``.
+    At least one row is used, so a budget below one row's buffers is exceeded by that single row
+    (the engine streams rows, not 2-D tiles).
     """
     itemsize = torch.empty((), dtype=dtype).element_size()
-    rows = max(1, min(n, memory_budget // (m * tiles * itemsize)))
-    backward_rows = max(1, min(n, memory_budget // (m * (tiles - 1) * itemsize)))
+    cap = min(n, MAX_STRIP_ROWS if max_rows is None else max_rows)
+    rows = max(1, min(cap, memory_budget // (m * tiles * itemsize)))
+    backward_rows = max(1, min(cap, memory_budget // (m * (tiles - 1) * itemsize)))
     return StripPlan(rows=rows, backward_rows=backward_rows, columns=m, tiles=tiles, itemsize=itemsize)
 
 
-def row_max_first_index(u: Tensor, block: int = 128) -> tuple[Tensor, Tensor]:
+def row_max_first_index(u: Tensor, block: int = 256) -> tuple[Tensor, Tensor]:
     """Row maxima of a strip and the first column index attaining each, like ``u.max(dim=1)``.
 
     On CPU a reduction with indices costs several times a plain ``amax``; here one ``amax`` over
-    blocks of ``block`` columns finds the maxima, and only the first block holding each row's
-    maximum is searched for its index.
+    blocks of ``block`` columns finds the block maxima, ``argmax`` (which returns the first
+    maximum) picks each row's first block holding its maximum, and only that block is searched.
     """
     rows, cols = u.shape
     full = cols - cols % block
@@ -91,17 +101,39 @@ def row_max_first_index(u: Tensor, block: int = 128) -> tuple[Tensor, Tensor]:
     if full < cols:
         parts.append(u[:, full:].amax(dim=1, keepdim=True))
     block_max = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-    row_max = block_max.amax(dim=1)
-    # argmax returns the first maximum; bool -> uint8 is a free reinterpretation.
-    first_block = (block_max == row_max.unsqueeze(1)).view(torch.uint8).argmax(dim=1)
+    first_block = block_max.argmax(dim=1)
+    row_max = block_max.gather(1, first_block.unsqueeze(1)).squeeze(1)
     start = first_block * block
     if full == cols:
         segment = u.unflatten(1, (cols // block, block))[torch.arange(rows, device=u.device), first_block]
     else:  # the tail block is padded with the last column, which cannot come first
         offsets = torch.arange(block, device=u.device)
         segment = u.gather(1, (start.unsqueeze(1) + offsets).clamp_max_(cols - 1))
-    hit = (segment == row_max.unsqueeze(1)).view(torch.uint8).argmax(dim=1)
-    return row_max, start + hit
+    return row_max, start + segment.argmax(dim=1)
+
+
+def column_max_first_index(tile: Tensor, best: Tensor, block: int = 8) -> tuple[Tensor, Tensor, Tensor]:
+    """Columns of ``tile`` whose maximum exceeds ``best``, with that maximum and its first row.
+
+    Returns ``(cols, col_max, rows)``: the improved columns, their new maxima and the first row
+    of ``tile`` attaining each. One ``amax`` over blocks of ``block`` rows finds the block maxima;
+    only the first block holding each improved column's maximum is searched for its row (a
+    reduction with indices over a whole tile costs several times an ``amax`` on CPU).
+    """
+    rows, cols = tile.shape
+    if rows % block or rows < 2 * block:
+        col_max = tile.amax(dim=0)
+        improved = (col_max > best).nonzero().squeeze(1)
+        sub = tile if improved.numel() == cols else tile.index_select(1, improved)
+        return improved, col_max[improved], sub.argmax(dim=0)
+    blocks = tile.view(rows // block, block, cols)
+    block_max = blocks.amax(dim=1)
+    col_max = block_max.amax(dim=0)
+    improved = (col_max > best).nonzero().squeeze(1)
+    sub = block_max if improved.numel() == cols else block_max.index_select(1, improved)
+    first_block = sub.argmax(dim=0)
+    segment = blocks[first_block, :, improved]  # (improved, block)
+    return improved, col_max[improved], first_block * block + segment.argmax(dim=1)
 
 
 def exp_without_underflow(t: Tensor, floor: Tensor, out: Tensor | None = None) -> Tensor:
