@@ -125,6 +125,10 @@ class _Stats:
         return _Stats(**{name: value[b] for name, value in zip(names, values, strict=True)})
 
 
+#: The per-row fields of :class:`_Stats`, kept only when a backward pass will follow.
+_ROW_FIELDS = ("umax", "argmin", "scale", "log_norm", "entropy", "clamped")
+
+
 @contextlib.contextmanager
 def _no_autocast(device: torch.device) -> Iterator[None]:
     try:
@@ -279,7 +283,11 @@ def _forward_image(x: Tensor, y: Tensor, opts: _Options, plan: StripPlan, pos, n
     index = torch.zeros(m, dtype=torch.long, device=x.device)
     feature_best = x.new_zeros(m) if opts.released else None
     reach = _spatial_reach(pos) if opts.released else 0.0
-    row_stats: list[dict[str, Tensor]] = []
+    result = _Stats(best=best, index=index)
+    if need_grad:  # filled strip by strip: no per-strip tensors outlive their strip (heap fragmentation)
+        for name in _ROW_FIELDS:
+            dtype = torch.long if name == "argmin" else torch.bool if name == "clamped" else x.dtype
+            setattr(result, name, torch.empty(n, dtype=dtype, device=x.device))
     for row0 in range(0, n, plan.rows):
         rows = slice(row0, min(n, row0 + plan.rows))
         size = rows.stop - row0
@@ -288,20 +296,17 @@ def _forward_image(x: Tensor, y: Tensor, opts: _Options, plan: StripPlan, pos, n
             a, buf_w[:size], dist.base[rows], floor[rows], dist.clamp, opts.band_width, opts.eps, need_grad
         )
         if need_grad:
-            row_stats.append(stats)
+            for name in _ROW_FIELDS:
+                getattr(result, name)[rows] = stats[name]
         if opts.released:
             mixture = _released_mixture(a, buf_w[:size], rows, opts, pos, reach)
             cols, local = _update_columns(mixture, row0, best, index)
             feature_best[cols] = a[local, cols]
         else:
             _update_columns(a, row0, best, index)
-    result = _Stats(best=best, index=index)
     if opts.released:
         result.feature_best = feature_best
         result.feature_share = (feature_best - best).exp_().mul_(1.0 - opts.spatial.weight)
-    if need_grad:
-        for name in row_stats[0]:
-            setattr(result, name, torch.cat([stats[name] for stats in row_stats]))
     return result
 
 
