@@ -76,7 +76,9 @@ def zero_norm_tolerance(x: Tensor, y: Tensor) -> Tensor:
 def _normalize(v: Tensor, tol: Tensor) -> Tensor:
     """Unit vectors along the last axis; vectors of norm <= tol become exactly 0 (no gradient)."""
     norm = v.norm(dim=-1, keepdim=True)
-    return torch.where(norm > tol, v / torch.maximum(norm, tol), torch.zeros_like(v))
+    # One per-vector scale and one product: no full-size temporaries besides the result.
+    scale = torch.where(norm > tol, norm.clamp_min(tol).reciprocal(), torch.zeros_like(norm))
+    return v * scale
 
 
 def prepare_features(x: Tensor, y: Tensor, loss_type: Distance, center: Center = "image") -> tuple[Tensor, Tensor]:
