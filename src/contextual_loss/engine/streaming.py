@@ -12,8 +12,8 @@ gives the affinities u, and with :math:`s_i = 1 / (h (m_i + \epsilon))`,
     a_{ij} = t_{ij} - L_i = \log CX_{ij}, \quad
     A_j = \max_i a_{ij}, \quad \log CX = \operatorname{LSE}_j A_j - \log M.
 
-Only row statistics (max, argmin k(i), s_i, L_i, the row entropy H_i) and the running column
-maximum A_j with its argmax i*(j) are kept: about 5N + 2M numbers per image. The backward pass
+Only row statistics (max, argmin k(i), s_i, L_i) and the running column maximum A_j with its
+argmax i*(j) are kept: about 4N + 2M numbers per image. The backward pass
 (a custom :class:`torch.autograd.Function`) is exact, including the gradient through the row
 minimum; it recomputes only the rows that are some target's argmax, since every other row has
 zero gradient. See the project's streaming design note for the derivation; in short, with
@@ -24,8 +24,10 @@ g_j = dlogCX/dA_j and r_i = sum over {j : i*(j) = i} of g_j, the gradient on the
     \bar D_{ik} = s_i r_i CX_{ik} - s_i g_k [i = i^*(k)] + \gamma_i [k = k(i)], \quad
     \gamma_i = -h s_i \sum_{j: i^*(j) = i} g_j (A_j + H_i),
 
-and the two terms at each argmax entry are combined exactly before accumulation, so a
-saturated (one-hot) softmax gives an exactly zero float32 gradient instead of rounding noise.
+where H_i is the entropy of row i's softmax, computed from the recomputed strip (only rows in
+the backward need it), and the two terms at each argmax entry are combined exactly before
+accumulation, so a saturated (one-hot) softmax gives an exactly zero float32 gradient instead of
+rounding noise.
 
 CoBi (Zhang et al., CVPR 2019) in the paper form adds w_s times the spatial distance to the
 distance inside each strip. The released form mixes two log-softmaxes per entry,
@@ -106,7 +108,6 @@ class _Stats:
     argmin: Tensor | None = None  # k(i), the first column attaining the row minimum of d
     scale: Tensor | None = None  # s_i = 1 / (h (m_i + eps))
     log_norm: Tensor | None = None  # L_i = log1p(sum_{k != k(i)} exp(t_ik))
-    entropy: Tensor | None = None  # H_i, the entropy of row i's softmax
     clamped: Tensor | None = None  # m_i < 0 by rounding and clamped: no gradient through it (as dense)
     feature_best: Tensor | None = None  # released CoBi: a_{i*(j), j}
     feature_share: Tensor | None = None  # released CoBi: rho_j = (1 - w) exp(a - c) at (i*(j), j)
@@ -126,7 +127,7 @@ class _Stats:
 
 
 #: The per-row fields of :class:`_Stats`, kept only when a backward pass will follow.
-_ROW_FIELDS = ("umax", "argmin", "scale", "log_norm", "entropy", "clamped")
+_ROW_FIELDS = ("umax", "argmin", "scale", "log_norm", "clamped")
 
 
 @contextlib.contextmanager
@@ -213,7 +214,7 @@ def _log_softmax_rows(
     clamp: bool,
     band_width: float,
     eps: float,
-    need_entropy: bool,
+    need_clamped: bool,
 ) -> dict[str, Tensor]:
     """Turn a strip of affinities into a_ij = log CX_ij in place; return the row statistics.
 
@@ -229,8 +230,7 @@ def _log_softmax_rows(
     z = work.sum(dim=1)
     log_norm = torch.log1p(z)  # the exact 1 at k(i) is kept out of the sum: accurate for one-hot rows
     stats = {"umax": umax, "argmin": argmin, "scale": scale, "log_norm": log_norm}
-    if need_entropy:
-        stats["entropy"] = log_norm - work.mul_(u).sum(dim=1) / (1.0 + z)
+    if need_clamped:
         stats["clamped"] = m_raw < 0 if clamp else torch.zeros_like(umax, dtype=torch.bool)
     u.sub_(log_norm.unsqueeze(1))
     return stats
@@ -333,9 +333,9 @@ def _backward_image(
     weighted = x.new_zeros(n).index_add_(0, st.index, g * a_star)
     r_rows = r[rows]
     scale_c = st.scale[rows] * r_rows
-    # gamma_i / c_i: the gradient through the row minimum m_i, sent to (i, k(i)).
-    gamma_c = (weighted[rows] / r_rows + st.entropy[rows]).mul_(-opts.band_width)
-    gamma_c.masked_fill_(st.clamped[rows], 0.0)
+    # gamma_i / c_i = -h (sum_{J(i)} g_j A_j / r_i + H_i): the gradient through the row minimum m_i,
+    # sent to (i, k(i)); the row entropy H_i is computed below, strip by strip.
+    gamma_base = weighted[rows] / r_rows
     # Argmax entries (i*(j), j): s r p - s g written as one exact value (0 for saturated rows).
     order = torch.argsort(st.index, stable=True)
     owners = st.index[order]
@@ -346,21 +346,26 @@ def _backward_image(
     position = torch.full((n,), -1, dtype=torch.long, device=x.device)
     position[rows] = torch.arange(rows.numel(), device=x.device)
     floor = _floor(dist, opts, pos)
-    buf = x.new_empty(plan.backward_rows, y.shape[0])
+    buf_a, buf_p = x.new_empty(plan.backward_rows, y.shape[0]), x.new_empty(plan.backward_rows, y.shape[0])
     for q0 in range(0, rows.numel(), plan.backward_rows):
         strip = rows[q0 : q0 + plan.backward_rows]
-        local = torch.arange(strip.numel(), device=x.device)
-        s, k = st.scale[strip], st.argmin[strip]
-        # p = CX_ij = exp(s u - (s umax + L)), with s folded into the GEMM operand.
-        p = _strip_affinity(dist, strip, buf[: strip.numel()], opts, pos, scale=s)
-        bias = s * st.umax[strip] + st.log_norm[strip]
-        exp_without_underflow(p.sub_(bias.unsqueeze(1)), s * floor[strip] - bias)
-        p[local, k] = torch.exp(-st.log_norm[strip])  # t = 0 exactly at k(i), as in the forward
+        size = strip.numel()
+        local = torch.arange(size, device=x.device)
+        s, k, log_norm = st.scale[strip], st.argmin[strip], st.log_norm[strip]
+        # a = log CX_ij = s u - (s umax + L), with s folded into the GEMM operand; p = exp(a).
+        a = _strip_affinity(dist, strip, buf_a[:size], opts, pos, scale=s)
+        bias = s * st.umax[strip] + log_norm
+        a.sub_(bias.unsqueeze(1))
+        a[local, k] = -log_norm  # t = 0 exactly at k(i), as in the forward
+        p = exp_without_underflow(a, s * floor[strip] - bias, out=buf_p[:size])
+        entropy = a.mul_(p).sum(dim=1).neg_()  # H_i = -sum_k p_ik log p_ik (a is not needed after)
+        gamma_c = (gamma_base[q0 : q0 + size] + entropy).mul_(-opts.band_width)
+        gamma_c.masked_fill_(st.clamped[strip], 0.0)
         lo = int(torch.searchsorted(owners, strip[0]))
         hi = int(torch.searchsorted(owners, strip[-1], right=True))
         p[position[owners[lo:hi]] - q0, order[lo:hi]] = argmax_value[lo:hi]
-        p.index_put_((local, k), gamma_c[q0 : q0 + strip.numel()], accumulate=True)
-        dist.backward(strip, p, scale_c[q0 : q0 + strip.numel()], dx, dy)
+        p.index_put_((local, k), gamma_c, accumulate=True)
+        dist.backward(strip, p, scale_c[q0 : q0 + size], dx, dy)
     dist.finish(dy)
 
 

@@ -52,10 +52,11 @@ class StripPlan:
 
     Attributes:
         rows: prediction rows per forward strip (the last strip may be shorter).
-        backward_rows: rows per backward strip (the backward needs one strip buffer fewer).
+        backward_rows: rows per backward strip (the backward holds the same buffers: the
+            recomputed log-softmax and its exponential).
         columns: M, the width of every strip.
-        tiles: strip-sized buffers alive at once in the forward pass (2, plus 1 for L1 and 1 for
-            a CoBi spatial term); the backward pass holds one fewer.
+        tiles: strip-sized buffers alive at once in either pass (2, plus 1 for L1 and 1 for a
+            CoBi spatial term).
         itemsize: bytes per entry of the compute dtype.
 
     """
@@ -69,7 +70,7 @@ class StripPlan:
     @property
     def workspace_bytes(self) -> int:
         """Bytes of the strip buffers alive at once: the engine's memory beyond O((N + M) C)."""
-        return max(self.rows * self.tiles, self.backward_rows * (self.tiles - 1)) * self.columns * self.itemsize
+        return max(self.rows, self.backward_rows) * self.tiles * self.columns * self.itemsize
 
 
 def plan_strips(
@@ -77,14 +78,14 @@ def plan_strips(
 ) -> StripPlan:
     """Tallest strips (at most ``max_rows``, default :data:`MAX_STRIP_ROWS`) whose buffers fit the budget.
 
-    The forward pass holds ``tiles`` buffers of ``rows x m`` entries, the backward ``tiles - 1``.
+    Both passes hold ``tiles`` buffers of ``rows x m`` entries.
     At least one row is used, so a budget below one row's buffers is exceeded by that single row
     (the engine streams rows, not 2-D tiles).
     """
     itemsize = torch.empty((), dtype=dtype).element_size()
     cap = min(n, MAX_STRIP_ROWS if max_rows is None else max_rows)
     rows = max(1, min(cap, memory_budget // (m * tiles * itemsize)))
-    backward_rows = max(1, min(cap, memory_budget // (m * (tiles - 1) * itemsize)))
+    backward_rows = rows
     return StripPlan(rows=rows, backward_rows=backward_rows, columns=m, tiles=tiles, itemsize=itemsize)
 
 
