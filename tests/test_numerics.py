@@ -124,10 +124,12 @@ def test_gradcheck_bilateral_loss(form, loss_type):
     assert _gradcheck(fn, x, y)
 
 
+@pytest.mark.parametrize("where", [(0, 0, 0, 0), (0, 1, 2, 2), (1, 2, 19, 18), (1, 2, 19, 19)])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_non_finite_inputs_raise(bad):
-    x, y = _rand(1, 3, 4, 4, seed=16), _rand(1, 3, 4, 4, seed=17)
-    x[0, 1, 2, 2] = bad
+def test_non_finite_inputs_raise(bad, where):
+    # First, middle and last elements of a tensor large enough for vectorised, multi-threaded reductions.
+    x, y = _rand(2, 3, 20, 20, seed=16), _rand(2, 3, 20, 20, seed=17)
+    x[where] = bad
     with pytest.raises(ValueError, match="x contains NaN or infinite"):
         contextual_loss(x, y)
     with pytest.raises(ValueError, match="y contains NaN or infinite"):
