@@ -51,9 +51,7 @@ class StripPlan:
     """How the streaming engine cuts an N x M problem into full-width row strips.
 
     Attributes:
-        rows: prediction rows per forward strip (the last strip may be shorter).
-        backward_rows: rows per backward strip (the backward holds the same buffers: the
-            recomputed log-softmax and its exponential).
+        rows: prediction rows per strip (the last strip may be shorter), in both passes.
         columns: M, the width of every strip.
         tiles: strip-sized buffers alive at once in either pass (2, plus 1 for L1 and 1 for a
             CoBi spatial term).
@@ -62,15 +60,23 @@ class StripPlan:
     """
 
     rows: int
-    backward_rows: int
     columns: int
     tiles: int
     itemsize: int
 
     @property
+    def backward_rows(self) -> int:
+        """Rows per backward strip: ``rows``.
+
+        The backward holds as many buffers as the forward: the recomputed log-softmax and its
+        exponential, plus the distance's extras.
+        """
+        return self.rows
+
+    @property
     def workspace_bytes(self) -> int:
         """Bytes of the strip buffers alive at once: the engine's memory beyond O((N + M) C)."""
-        return max(self.rows, self.backward_rows) * self.tiles * self.columns * self.itemsize
+        return self.rows * self.tiles * self.columns * self.itemsize
 
 
 def plan_strips(
@@ -85,8 +91,7 @@ def plan_strips(
     itemsize = torch.empty((), dtype=dtype).element_size()
     cap = min(n, MAX_STRIP_ROWS if max_rows is None else max_rows)
     rows = max(1, min(cap, memory_budget // (m * tiles * itemsize)))
-    backward_rows = rows
-    return StripPlan(rows=rows, backward_rows=backward_rows, columns=m, tiles=tiles, itemsize=itemsize)
+    return StripPlan(rows=rows, columns=m, tiles=tiles, itemsize=itemsize)
 
 
 def row_max_first_index(u: Tensor, block: int = 256) -> tuple[Tensor, Tensor]:
