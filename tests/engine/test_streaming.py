@@ -55,6 +55,16 @@ def _value_and_grads(x, y, fn):
     return value.detach(), gx, gy
 
 
+def _both_engines(x, y, kwargs, memory_budget):
+    """(value, dx, dy) of the summed log similarity on the dense and on the streaming engine."""
+    results = []
+    for fn, extra in ((dense_log_similarity, {}), (streaming_log_similarity, {"memory_budget": memory_budget})):
+        xg, yg = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+        value = fn(xg, yg, **kwargs, **extra)
+        results.append((value.detach(), *torch.autograd.grad(value.sum(), (xg, yg))))
+    return results
+
+
 @pytest.mark.parametrize("cobi", COBI)
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 @pytest.mark.parametrize("center", ["image", "batch"])
@@ -290,12 +300,8 @@ def test_duplicated_rows_resolve_ties_like_dense(loss_type, cobi):
     x[:, 20] = x[:, 11]
     spatial = _spatial_term(cobi, n, m)
     kwargs = {"loss_type": loss_type, "band_width": 0.3, "eps": 1e-5, "spatial": spatial}
-    results = []
-    for fn, extra in ((dense_log_similarity, {}), (streaming_log_similarity, {"memory_budget": 300})):
-        xg, yg = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
-        value = fn(xg, yg, **kwargs, **extra)
-        results.append((value.detach(), *torch.autograd.grad(value.sum(), (xg, yg))))
-    for got, want in zip(results[1], results[0], strict=True):
+    dense, stream = _both_engines(x, y, kwargs, memory_budget=300)
+    for got, want in zip(stream, dense, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
 
 
@@ -387,10 +393,6 @@ def test_prepared_sets_of_reduced_precision_are_upcast():
 def test_single_vector_sets(n, m):
     x, y = maths.prepare_features(*_prepared(2, n, m, 3, seed=20), "cosine")
     kwargs = {"loss_type": "cosine", "band_width": 0.5, "eps": 1e-5}
-    results = []
-    for fn, extra in ((dense_log_similarity, {}), (streaming_log_similarity, {"memory_budget": 1})):
-        xg, yg = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
-        value = fn(xg, yg, **kwargs, **extra)
-        results.append((value.detach(), *torch.autograd.grad(value.sum(), (xg, yg))))
-    for got, want in zip(results[1], results[0], strict=True):
+    dense, stream = _both_engines(x, y, kwargs, memory_budget=1)
+    for got, want in zip(stream, dense, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-12)

@@ -15,7 +15,8 @@ an engine. An engine returns log CX(X, Y) per image and, on request, the per-tar
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 from torch import Tensor
 
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 EngineName = Literal["auto", "dense", "streaming"]
+T = TypeVar("T")
 ENGINES = ("auto", "dense", "streaming")
 
 #: ``auto`` uses the dense engine up to this many entries B * N * M. Measured on a 2-core CPU
@@ -66,6 +68,21 @@ def choose_engine(x: Tensor, y: Tensor, engine: EngineName = "auto") -> Literal[
     return "dense" if entries <= DENSE_MAX_ENTRIES else "streaming"
 
 
+def _dispatch(
+    x: Tensor,
+    y: Tensor,
+    engine: EngineName,
+    memory_budget: int | None,
+    dense_fn: Callable[..., T],
+    streaming_fn: Callable[..., T],
+    kwargs: dict[str, Any],
+) -> T:
+    """Call ``dense_fn`` or ``streaming_fn`` (with the memory budget) as :func:`choose_engine` decides."""
+    if choose_engine(x, y, engine) == "dense":
+        return dense_fn(x, y, **kwargs)
+    return streaming_fn(x, y, memory_budget=memory_budget, **kwargs)
+
+
 def log_similarity(
     x: Tensor,
     y: Tensor,
@@ -79,9 +96,7 @@ def log_similarity(
 ) -> Tensor:
     """Log CX(X, Y) for each image, (B,), on the chosen engine (``auto``: by problem size)."""
     kwargs = {"loss_type": loss_type, "band_width": band_width, "eps": eps, "spatial": spatial}
-    if choose_engine(x, y, engine) == "dense":
-        return dense_log_similarity(x, y, **kwargs)
-    return streaming_log_similarity(x, y, memory_budget=memory_budget, **kwargs)
+    return _dispatch(x, y, engine, memory_budget, dense_log_similarity, streaming_log_similarity, kwargs)
 
 
 def match(
@@ -97,6 +112,4 @@ def match(
 ) -> ContextualMatch:
     """Per-target best matches (see :class:`ContextualMatch`) on the chosen engine."""
     kwargs = {"loss_type": loss_type, "band_width": band_width, "eps": eps, "spatial": spatial}
-    if choose_engine(x, y, engine) == "dense":
-        return dense_match(x, y, **kwargs)
-    return streaming_match(x, y, memory_budget=memory_budget, **kwargs)
+    return _dispatch(x, y, engine, memory_budget, dense_match, streaming_match, kwargs)
