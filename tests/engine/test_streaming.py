@@ -25,6 +25,9 @@ from contextual_loss.engine import (
     strips,
 )
 
+# Every test runs on the fused native strip kernels and on the eager passes (tests/engine/conftest.py).
+pytestmark = pytest.mark.usefixtures("strip_kernels")
+
 TINY_BUDGET = 512  # bytes: a few rows per strip at these sizes, so every test crosses many strips
 LOSS_TYPES = ("cosine", "l2", "l1")
 COBI = (None, "paper", "released")

@@ -15,6 +15,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from contextual_loss.engine import SpatialTerm, dense_log_similarity, streaming_log_similarity, streaming_plan
 
+# Every test runs on the fused native strip kernels and on the eager passes (tests/engine/conftest.py).
+pytestmark = pytest.mark.usefixtures("strip_kernels")
+
 N, M, C = 600, 500, 4
 BUDGET = 64 * 1024
 

@@ -29,6 +29,11 @@ the backward need it), and the two terms at each argmax entry are combined exact
 accumulation, so a saturated (one-hot) softmax gives an exactly zero float32 gradient instead of
 rounding noise.
 
+On CPU (float32 and float64) the elementwise work of each strip after its GEMM runs in the fused
+C kernels of :mod:`contextual_loss.engine.native`, which read the strip once instead of passing
+over it about ten times; elsewhere, or when they cannot be built, the same steps run as eager
+PyTorch operations (``_log_softmax_rows``, ``_update_columns``, ``_probabilities_and_entropy``).
+
 CoBi (Zhang et al., CVPR 2019) in the paper form adds w_s times the spatial distance to the
 distance inside each strip. The released form mixes two log-softmaxes per entry,
 c = logaddexp(log(1 - w) + a, log w + b), takes the column maximum on c, and routes the
@@ -45,6 +50,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
+from contextual_loss.engine import native
 from contextual_loss.engine.strips import (
     DEFAULT_MEMORY_BUDGET,
     StripDistance,
@@ -55,6 +61,7 @@ from contextual_loss.engine.strips import (
     plan_strips,
     row_max_first_index,
     spatial_tile,
+    underflow_limit,
 )
 from contextual_loss.engine.types import ContextualMatch, SpatialTerm
 from contextual_loss.maths import Distance
@@ -190,19 +197,13 @@ def _image_positions(opts: _Options, image: int, dtype: torch.dtype) -> tuple[Te
 
 
 def _strip_affinity(
-    dist: StripDistance,
-    rows: Tensor | slice,
-    out: Tensor,
-    opts: _Options,
-    pos: tuple[Tensor | None, Tensor | None],
-    scale: Tensor | None = None,
+    dist: StripDistance, rows: Tensor | slice, out: Tensor, opts: _Options, pos: tuple[Tensor | None, Tensor | None]
 ) -> Tensor:
-    """Affinities of a strip (times the row ``scale`` if given); CoBi's paper form adds w_s D' to d."""
-    u = dist.affinity(rows, out, scale)
+    """Affinities of a strip; CoBi's paper form adds w_s D' to the distance d (subtracts it from u)."""
+    u = dist.affinity(rows, out)
     spatial = opts.paper_spatial
     if spatial is not None:  # (the distance's floor of u is lowered by w_s * reach in _floor)
-        d_sp = spatial_tile(pos[0][rows], pos[1], "paper")
-        u.sub_(d_sp.mul_(spatial.weight if scale is None else scale.unsqueeze(1) * spatial.weight))
+        u.sub_(spatial_tile(pos[0][rows], pos[1], "paper").mul_(spatial.weight))
     return u
 
 
@@ -277,27 +278,40 @@ def _forward_image(x: Tensor, y: Tensor, opts: _Options, plan: StripPlan, pos, n
     """Stream one image's N x M problem strip by strip."""
     n, m = x.shape[0], y.shape[0]
     dist = make_strip_distance(x, y, opts.loss_type)
+    kernels = native.kernels_for(x)
     floor = _floor(dist, opts, pos)
-    buf_u, buf_w = x.new_empty(plan.rows, m), x.new_empty(plan.rows, m)
+    buf_u = x.new_empty(plan.rows, m)
+    buf_w = x.new_empty(plan.rows, m) if kernels is None or opts.released else None
     best = x.new_full((m,), -math.inf)
     index = torch.zeros(m, dtype=torch.long, device=x.device)
     feature_best = x.new_zeros(m) if opts.released else None
     reach = _spatial_reach(pos) if opts.released else 0.0
     result = _Stats(best=best, index=index)
-    if need_grad:  # filled strip by strip: no per-strip tensors outlive their strip (heap fragmentation)
+    # Row statistics are written into (N,) tensors strip by strip: no per-strip tensors outlive
+    # their strip (heap fragmentation). Without a backward they are scratch for the native kernels.
+    row_out = _row_outputs(x, n, need_grad or kernels is not None, need_grad)
+    if need_grad:
         for name in _ROW_FIELDS:
-            dtype = torch.long if name == "argmin" else torch.bool if name == "clamped" else x.dtype
-            setattr(result, name, torch.empty(n, dtype=dtype, device=x.device))
+            setattr(result, name, row_out[name])
     for row0 in range(0, n, plan.rows):
         rows = slice(row0, min(n, row0 + plan.rows))
         size = rows.stop - row0
         a = _strip_affinity(dist, rows, buf_u[:size], opts, pos)
-        stats = _log_softmax_rows(
-            a, buf_w[:size], dist.base[rows], floor[rows], dist.clamp, opts.band_width, opts.eps, need_grad
-        )
-        if need_grad:
-            for name in _ROW_FIELDS:
-                getattr(result, name)[rows] = stats[name]
+        if kernels is not None:  # one fused pass; a becomes log CX only when the mixture needs it
+            strip_out = {name: None if t is None else t[rows] for name, t in row_out.items()}
+            kernels.forward(
+                a, dist.base[rows], dist.clamp, opts.band_width, opts.eps, underflow_limit(a.dtype), strip_out,
+                write_a=opts.released, best=None if opts.released else best, index=index, row0=row0,
+            )  # fmt: skip
+            if not opts.released:
+                continue
+        else:
+            stats = _log_softmax_rows(
+                a, buf_w[:size], dist.base[rows], floor[rows], dist.clamp, opts.band_width, opts.eps, need_grad
+            )
+            if need_grad:
+                for name in _ROW_FIELDS:
+                    row_out[name][rows] = stats[name]
         if opts.released:
             mixture = _released_mixture(a, buf_w[:size], rows, opts, pos, reach)
             cols, local = _update_columns(mixture, row0, best, index)
@@ -310,7 +324,35 @@ def _forward_image(x: Tensor, y: Tensor, opts: _Options, plan: StripPlan, pos, n
     return result
 
 
+def _row_outputs(x: Tensor, n: int, wanted: bool, with_clamped: bool) -> dict[str, Tensor | None]:
+    """(N,) tensors for the row statistics of :data:`_ROW_FIELDS` (empty dict if not ``wanted``)."""
+    if not wanted:
+        return {}
+    dtypes = {"argmin": torch.long, "clamped": torch.bool}
+    out: dict[str, Tensor | None] = {
+        name: torch.empty(n, dtype=dtypes.get(name, x.dtype), device=x.device) for name in _ROW_FIELDS
+    }
+    if not with_clamped:
+        out["clamped"] = None
+    return out
+
+
 # ----------------------------------------------------------------------------- backward
+
+
+def _probabilities_and_entropy(
+    u: Tensor, out: Tensor, st: _Stats, strip: Tensor, local: Tensor, floor: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The CX p of a recomputed strip into ``out``, and the row entropies H_i = -sum_k p_ik log p_ik.
+
+    a = (u - umax) s - L is formed exactly as in the forward pass, with a = -L at k(i).
+    """
+    s, log_norm = st.scale[strip], st.log_norm[strip]
+    a = u.sub_(st.umax[strip].unsqueeze(1)).mul_(s.unsqueeze(1)).sub_(log_norm.unsqueeze(1))
+    a[local, st.argmin[strip]] = -log_norm
+    p = exp_without_underflow(a, (floor - st.umax[strip]) * s - log_norm, out=out)
+    entropy = a.mul_(p).sum(dim=1).neg_()  # (a is not needed after)
+    return p, entropy
 
 
 def _backward_image(
@@ -346,19 +388,22 @@ def _backward_image(
     position = torch.full((n,), -1, dtype=torch.long, device=x.device)
     position[rows] = torch.arange(rows.numel(), device=x.device)
     floor = _floor(dist, opts, pos)
-    buf_a, buf_p = x.new_empty(plan.backward_rows, y.shape[0]), x.new_empty(plan.backward_rows, y.shape[0])
+    kernels = native.kernels_for(x)
+    buf_a = x.new_empty(plan.backward_rows, y.shape[0])
+    buf_p = x.new_empty(plan.backward_rows, y.shape[0]) if kernels is None else None
     for q0 in range(0, rows.numel(), plan.backward_rows):
         strip = rows[q0 : q0 + plan.backward_rows]
         size = strip.numel()
         local = torch.arange(size, device=x.device)
-        s, k, log_norm = st.scale[strip], st.argmin[strip], st.log_norm[strip]
-        # a = log CX_ij = s u - (s umax + L), with s folded into the GEMM operand; p = exp(a).
-        a = _strip_affinity(dist, strip, buf_a[:size], opts, pos, scale=s)
-        bias = s * st.umax[strip] + log_norm
-        a.sub_(bias.unsqueeze(1))
-        a[local, k] = -log_norm  # t = 0 exactly at k(i), as in the forward
-        p = exp_without_underflow(a, s * floor[strip] - bias, out=buf_p[:size])
-        entropy = a.mul_(p).sum(dim=1).neg_()  # H_i = -sum_k p_ik log p_ik (a is not needed after)
+        u = _strip_affinity(dist, strip, buf_a[:size], opts, pos)
+        if kernels is not None:  # one fused pass: p over u, and the row entropies
+            entropy = kernels.backward(
+                u, st.umax[strip], st.scale[strip], st.argmin[strip], st.log_norm[strip], underflow_limit(u.dtype)
+            )
+            p = u
+        else:
+            p, entropy = _probabilities_and_entropy(u, buf_p[:size], st, strip, local, floor[strip])
+        k = st.argmin[strip]
         gamma_c = (gamma_base[q0 : q0 + size] + entropy).mul_(-opts.band_width)
         gamma_c.masked_fill_(st.clamped[strip], 0.0)
         lo = int(torch.searchsorted(owners, strip[0]))

@@ -35,6 +35,7 @@ __all__ = [
     "plan_strips",
     "row_max_first_index",
     "spatial_tile",
+    "underflow_limit",
 ]
 
 #: Default workspace of the streaming engine, in bytes (64 MiB): two float32 strips of 8M entries.
@@ -142,6 +143,11 @@ def column_max_first_index(tile: Tensor, best: Tensor, block: int = 8) -> tuple[
     return improved, col_max[improved], first_block * block + segment.argmax(dim=1)
 
 
+def underflow_limit(dtype: torch.dtype) -> float:
+    """Arguments below this (log of the smallest normal number, plus 0.5) have exp treated as 0."""
+    return math.log(torch.finfo(dtype).tiny) + 0.5
+
+
 def exp_without_underflow(t: Tensor, floor: Tensor, out: Tensor | None = None) -> Tensor:
     """exp(t) for t <= 0, with ``floor`` a per-row lower bound of t (b,); in place unless ``out``.
 
@@ -149,7 +155,7 @@ def exp_without_underflow(t: Tensor, floor: Tensor, out: Tensor | None = None) -
     times slower than the normal range. Rows that can underflow (e.g. nearly one-hot rows of
     well-matched features) are clamped first and the clamped entries set to exactly 0 after.
     """
-    lowest = math.log(torch.finfo(t.dtype).tiny) + 0.5
+    lowest = underflow_limit(t.dtype)
     if not bool((floor < lowest).any()):
         return torch.exp(t, out=out) if out is not None else t.exp_()
     e = torch.clamp(t, min=lowest, out=out) if out is not None else t.clamp_(min=lowest)
@@ -184,12 +190,8 @@ class StripDistance:
         # |<x, y>| <= 1 for unit or zero vectors (a margin covers rounding).
         self.floor = torch.full_like(self.base, -1.0 - 1e-3)
 
-    def affinity(self, rows: Tensor | slice, out: Tensor, scale: Tensor | None = None) -> Tensor:
-        """U (times the per-row ``scale`` if given) of the given prediction rows against every target.
-
-        The result is written to ``out`` when the distance is a GEMM (then the scale is folded
-        into the small operand for free).
-        """
+    def affinity(self, rows: Tensor | slice, out: Tensor) -> Tensor:
+        """U of the given prediction rows against every target, written to ``out`` when it is a GEMM."""
         raise NotImplementedError
 
     def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
@@ -207,9 +209,8 @@ class StripDistance:
 class _CosineDistance(StripDistance):
     """d = 1 - <x, y> on centred unit (or zero) vectors; u = <x, y>."""
 
-    def affinity(self, rows: Tensor | slice, out: Tensor, scale: Tensor | None = None) -> Tensor:
-        xs = self.x[rows] if scale is None else self.x[rows] * scale.unsqueeze(1)
-        return torch.matmul(xs, self.y.mT, out=out)
+    def affinity(self, rows: Tensor | slice, out: Tensor) -> Tensor:
+        return torch.matmul(self.x[rows], self.y.mT, out=out)
 
     def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
         # d = 1 - <x, y>: the gradient on u is minus the gradient on d.
@@ -234,9 +235,8 @@ class _SquaredL2Distance(StripDistance):
         self._y1 = torch.cat((y, ones_y), dim=1)
         self._acc: Tensor | None = None
 
-    def affinity(self, rows: Tensor | slice, out: Tensor, scale: Tensor | None = None) -> Tensor:
-        xs = self._x1[rows] if scale is None else self._x1[rows] * scale.unsqueeze(1)
-        return torch.matmul(xs, self._y_aug.mT, out=out)
+    def affinity(self, rows: Tensor | slice, out: Tensor) -> Tensor:
+        return torch.matmul(self._x1[rows], self._y_aug.mT, out=out)
 
     def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
         # dx_i = 2 (rowsum_i(D) x_i - (D y)_i), dy_j = 2 (colsum_j(D) y_j - (D^T x)_j), D = scale * grad;
@@ -268,9 +268,8 @@ class _L1Distance(StripDistance):
         norm_x = x.abs().sum(-1)
         self.floor = -(norm_x + y.abs().sum(-1).amax()) * (1.0 + 1e-3) - 1e-3
 
-    def affinity(self, rows: Tensor | slice, out: Tensor, scale: Tensor | None = None) -> Tensor:
-        d = torch.cdist(self.x[rows], self.y, p=1.0)
-        return d.neg_() if scale is None else d.mul_(-scale.unsqueeze(1))
+    def affinity(self, rows: Tensor | slice, out: Tensor) -> Tensor:
+        return torch.cdist(self.x[rows], self.y, p=1.0).neg_()
 
     def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
         with torch.enable_grad():

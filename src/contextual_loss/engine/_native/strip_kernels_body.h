@@ -1,0 +1,164 @@
+/*
+ * The kernels of strip_kernels.c for one compute type: included once with T = float,
+ * SUFFIX = f32 and once with T = double, SUFFIX = f64.
+ */
+#define CAT_(a, b) a##_##b
+#define CAT(a, b) CAT_(a, b)
+#define NAME(name) CAT(name, SUFFIX)
+
+/* First index of a value known to be in the row: blocks of 64 are tested with vector compares. */
+static int64_t NAME(first_index)(const T *row, int64_t m, T value) {
+    int64_t j0 = 0;
+    for (; j0 + 64 <= m; j0 += 64) {
+        int hit = 0;
+#pragma omp simd reduction(| : hit)
+        for (int64_t j = j0; j < j0 + 64; j++) hit |= row[j] == value;
+        if (hit) break;
+    }
+    while (row[j0] != value) j0++;
+    return j0;
+}
+
+/* sum over j != skip of exp((row_j - shift) * scale), arguments below `lowest` counting 0. */
+static double NAME(exp_sum)(const T *row, int64_t m, T shift, T scale, int64_t skip, T lowest) {
+    double total = 0.0;
+    for (int64_t j0 = 0; j0 < m; j0 += BLOCK) {
+        int64_t j1 = j0 + BLOCK < m ? j0 + BLOCK : m;
+        T part = 0;
+#pragma omp simd reduction(+ : part)
+        for (int64_t j = j0; j < j1; j++) {
+            T t = (row[j] - shift) * scale;
+            T e = NAME(exp)(t < lowest ? lowest : t);
+            part += (j == skip || t < lowest) ? (T)0 : e;
+        }
+        total += (double)part;
+    }
+    return total;
+}
+
+/* The row statistics of one row; returns its log-normaliser L and sets the other outputs. */
+static T NAME(row_stats)(const T *row, int64_t m, T base, int clamp, T h, T eps, T lowest, T *umax,
+                         int64_t *argmin, T *scale, uint8_t *clamped) {
+    T mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+    for (int64_t j = 0; j < m; j++) mx = row[j] > mx ? row[j] : mx;
+    int64_t k = NAME(first_index)(row, m, mx);
+    T m_raw = base - mx;
+    T m_i = clamp && m_raw < 0 ? (T)0 : m_raw;
+    T s = (T)1 / ((m_i + eps) * h);
+    *umax = mx;
+    *argmin = k;
+    *scale = s;
+    if (clamped != NULL) *clamped = clamp && m_raw < 0;
+    return (T)log1p(NAME(exp_sum)(row, m, mx, s, k, lowest));
+}
+
+/* Running maximum of a_ij = (u_ij - umax) s - L over the rows given to this thread. */
+static void NAME(column_update)(const T *row, int64_t m, T mx, T s, T L, int32_t local, T *col_best,
+                                int32_t *col_row) {
+    for (int64_t j = 0; j < m; j++) {
+        T a = (row[j] - mx) * s - L;
+        if (a > col_best[j]) {
+            col_best[j] = a;
+            col_row[j] = local;
+        }
+    }
+}
+
+/*
+ * Forward pass over one strip of `rows` x `m` affinities u (row-major, contiguous).
+ * Writes umax, argmin, scale, log_norm (and clamped unless NULL) for each row. With write_a,
+ * u is overwritten with a = log CX; otherwise, if best and index are given, the running column
+ * maximum best (m) and its first row index (m, offset by row0) are updated.
+ * Returns 0, or 1 if the per-thread column buffers could not be allocated.
+ */
+int NAME(cl_forward_strip)(int64_t rows, int64_t m, T *u, const T *base, int clamp, double h, double eps,
+                           double lowest, T *umax, int64_t *argmin, T *scale, T *log_norm, uint8_t *clamped,
+                           int write_a, T *best, int64_t *index, int64_t row0, int threads) {
+    int update = best != NULL && index != NULL && !write_a;
+    T *col_best = NULL;
+    int32_t *col_row = NULL;
+    if (update) {
+        col_best = malloc(sizeof(T) * (size_t)m * (size_t)threads);
+        col_row = malloc(sizeof(int32_t) * (size_t)m * (size_t)threads);
+        if (col_best == NULL || col_row == NULL) {
+            free(col_best);
+            free(col_row);
+            return 1;
+        }
+    }
+#pragma omp parallel num_threads(threads)
+    {
+        int tid = thread_id(), nt = thread_count();
+        T *mine = update ? col_best + (size_t)tid * (size_t)m : NULL;
+        int32_t *mine_row = update ? col_row + (size_t)tid * (size_t)m : NULL;
+        for (int64_t j = 0; update && j < m; j++) {
+            mine[j] = -INFINITY;
+            mine_row[j] = 0;
+        }
+        int64_t lo = rows * tid / nt, hi = rows * (tid + 1) / nt;
+        for (int64_t i = lo; i < hi; i++) {
+            T *row = u + i * m;
+            T L = NAME(row_stats)(row, m, base[i], clamp, (T)h, (T)eps, (T)lowest, umax + i, argmin + i, scale + i,
+                                  clamped == NULL ? NULL : clamped + i);
+            log_norm[i] = L;
+            if (write_a) {
+                T mx = umax[i], s = scale[i];
+                for (int64_t j = 0; j < m; j++) row[j] = (row[j] - mx) * s - L;
+            } else if (update) {
+                NAME(column_update)(row, m, umax[i], scale[i], L, (int32_t)i, mine, mine_row);
+            }
+        }
+        if (update) {
+#pragma omp barrier
+            int64_t c0 = m * tid / nt, c1 = m * (tid + 1) / nt;
+            for (int t = 0; t < nt; t++) { /* thread order is row order: the first row keeps ties */
+                const T *theirs = col_best + (size_t)t * (size_t)m;
+                const int32_t *their_row = col_row + (size_t)t * (size_t)m;
+                for (int64_t j = c0; j < c1; j++)
+                    if (theirs[j] > best[j]) {
+                        best[j] = theirs[j];
+                        index[j] = row0 + their_row[j];
+                    }
+            }
+        }
+    }
+    free(col_best);
+    free(col_row);
+    return 0;
+}
+
+/*
+ * Backward pass over one recomputed strip of affinities u (rows x m): a_ik = (u_ik - umax_i) s_i - L_i
+ * as in the forward pass (a = -L_i at k(i)), u is overwritten with p_ik = exp(a_ik), and entropy_i
+ * is set to -sum_k p_ik a_ik. Returns 0.
+ */
+int NAME(cl_backward_strip)(int64_t rows, int64_t m, T *u, const T *umax, const T *scale, const int64_t *argmin,
+                            const T *log_norm, double lowest, T *entropy, int threads) {
+    T low = (T)lowest;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < rows; i++) {
+        T *row = u + i * m;
+        T mx = umax[i], s = scale[i], L = log_norm[i];
+        int64_t k = argmin[i];
+        double total = 0.0;
+        for (int64_t j0 = 0; j0 < m; j0 += BLOCK) {
+            int64_t j1 = j0 + BLOCK < m ? j0 + BLOCK : m;
+            T part = 0;
+#pragma omp simd reduction(+ : part)
+            for (int64_t j = j0; j < j1; j++) {
+                T a = (j == k ? (T)0 : (row[j] - mx) * s) - L;
+                T p = a < low ? (T)0 : NAME(exp)(a < low ? low : a);
+                part += p * a;
+                row[j] = p;
+            }
+            total += (double)part;
+        }
+        entropy[i] = (T)(-total);
+    }
+    return 0;
+}
+
+#undef NAME
+#undef CAT
+#undef CAT_
