@@ -15,6 +15,11 @@ Usage::
     python benchmarks/bench_engine.py                      # the full table (takes a while)
     python benchmarks/bench_engine.py --sizes 64,128 --channels 256 --repeats 3
     python benchmarks/bench_engine.py --output docs/engine-benchmark.md
+    python benchmarks/bench_engine.py --engines streaming,eager,dense   # also the eager baseline
+
+``eager`` is the streaming engine with its native strip kernels turned off
+(``CONTEXTUAL_LOSS_NATIVE=0``): the same algorithm as eager PyTorch passes. The header line says
+whether the streaming runs used the kernels.
 
 Timings on a shared machine are noisy: compare ratios measured side by side in one run. The runs
 use ``OMP_WAIT_POLICY=PASSIVE`` by default (``--omp-wait-policy``): with GNU OpenMP's default
@@ -63,7 +68,9 @@ def _worker(args: argparse.Namespace) -> None:
         xg = x.detach().requires_grad_(True)
         contextual_loss(xg, y, **kwargs).backward()
 
-    result = {"baseline_rss": baseline}
+    from contextual_loss.engine import native
+
+    result = {"baseline_rss": baseline, "native": native.status()}
     for name, fn in (("forward", forward), ("forward_backward", forward_backward)):
         t0 = time.perf_counter()
         fn()
@@ -102,9 +109,9 @@ def _available_memory() -> float:
     return float("inf")
 
 
-def _run_child(extra: list[str], timeout: float, wait_policy: str) -> dict | str:
+def _run_child(extra: list[str], timeout: float, wait_policy: str, env_extra: dict | None = None) -> dict | str:
     cmd = [sys.executable, os.path.abspath(__file__), *extra]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), **(env_extra or {})}
     if wait_policy != "default":
         env["OMP_WAIT_POLICY"] = wait_policy
     try:
@@ -138,7 +145,9 @@ def _point(args: argparse.Namespace, size: int, channels: int, engines: list[str
             spent = sum(r["forward"] + r["forward_backward"] for r in runs[engine])
             if engine in results or (runs[engine] and spent > args.point_seconds):
                 continue
-            outcome = _run_child([*base, "--engine", engine], args.timeout, args.omp_wait_policy)
+            # "eager": the streaming engine without its native strip kernels (the baseline they replace).
+            name, env = ("streaming", {"CONTEXTUAL_LOSS_NATIVE": "0"}) if engine == "eager" else (engine, None)
+            outcome = _run_child([*base, "--engine", name], args.timeout, args.omp_wait_policy, env)
             if isinstance(outcome, str):
                 results[engine] = outcome
             else:
@@ -151,6 +160,7 @@ def _point(args: argparse.Namespace, size: int, channels: int, engines: list[str
                 "peak_rss": max(r["peak_rss"] for r in done),
                 "baseline_rss": min(r["baseline_rss"] for r in done),
                 "runs": len(done),
+                "native": done[0]["native"],
             }
     return results
 
@@ -160,11 +170,15 @@ def _fmt_time(value: float | None) -> str:
 
 
 def _table(rows: list[dict], rate: float) -> str:
+    """The markdown table; two more columns when the eager streaming baseline was run."""
+    eager = any(isinstance(row.get("eager"), dict) for row in rows)
     head = (
         "| S | C | N = M | streaming fwd (s) | streaming fwd+bwd (s) | dense fwd (s) | dense fwd+bwd (s) "
         "| speed-up fwd+bwd | streaming peak RSS (GiB) | dense peak RSS (GiB) | memory ratio | % of matmul rate |"
     )
-    lines = [head, "|" + "---|" * 12]
+    if eager:
+        head += " eager streaming fwd+bwd (s) | native kernels speed-up |"
+    lines = [head, "|" + "---|" * (14 if eager else 12)]
     for row in rows:
         s, d = row["streaming"], row["dense"]
         s_ok, d_ok = isinstance(s, dict), isinstance(d, dict)
@@ -179,6 +193,11 @@ def _table(rows: list[dict], rate: float) -> str:
         cells.append(f"{d['peak_rss'] / s['peak_rss']:.1f}x" if both else "-")
         flops = 6.0 * n * n * row["channels"]
         cells.append(f"{100 * flops / s['forward_backward'] / 1e9 / rate:.0f}%" if s_ok else "-")
+        if eager:
+            e = row.get("eager", "-")
+            e_ok = isinstance(e, dict)
+            cells.append(_fmt_time(e["forward_backward"]) if e_ok else str(e))
+            cells.append(f"{e['forward_backward'] / s['forward_backward']:.2f}x" if e_ok and s_ok else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -188,7 +207,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", default="32,64,96,128,192,256", help="comma-separated S (N = M = S*S)")
     parser.add_argument("--channels", default="64,256", help="comma-separated C")
     parser.add_argument("--extra", default="384:64", help="extra S:C points, streaming only (comma-separated)")
-    parser.add_argument("--engines", default="streaming,dense", help="engines to run")
+    parser.add_argument(
+        "--engines",
+        default="streaming,dense",
+        help="engines to run: streaming, dense, and eager (streaming without its native strip kernels)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs per point and engine (median)")
     parser.add_argument("--point-seconds", type=float, default=150.0, help="no further runs of an engine after this")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -227,13 +250,14 @@ def main(argv: list[str] | None = None) -> None:
     rates = [_run_child(matmul, 600, args.omp_wait_policy)["gflops"]]
     rows = []
     for size, channels, point_engines in points:
-        row = {"size": size, "channels": channels, "streaming": "-", "dense": "-"}
+        row = {"size": size, "channels": channels, "streaming": "-", "dense": "-", "eager": "-"}
         row.update(_point(args, size, channels, point_engines))
         print(f"S={size} C={channels}: {row}", file=sys.stderr, flush=True)
         rows.append(row)
     rates.append(_run_child(matmul, 600, args.omp_wait_policy)["gflops"])
     loads.append(os.getloadavg()[0])
     rate = max(rates)
+    statuses = {row["streaming"]["native"] for row in rows if isinstance(row["streaming"], dict)}
     import torch
 
     report = "\n".join(
@@ -244,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
             f"float32 matmul rate (2048^3): {rates[0]:.1f} GFLOP/s before, {rates[1]:.1f} after; "
             f"the % column uses {rate:.1f}. Load average (1 min): {loads[0]:.1f} at the start, "
             f"{loads[1]:.1f} at the end.",
+            f"Native strip kernels of the streaming runs: {'; '.join(sorted(statuses)) or '-'}.",
             "",
             _table(rows, rate),
         ]
