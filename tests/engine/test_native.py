@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import platform
 import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -226,3 +228,15 @@ def test_missing_compiler_is_reported(monkeypatch):
     monkeypatch.setenv("CC", "")
     monkeypatch.setattr(native.shutil, "which", lambda name: None)
     assert native._load() == (None, "no C compiler found (set CC)")
+
+
+def test_unwritable_user_cache_falls_back_to_a_temp_directory(tmp_path, monkeypatch):
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the cache directory would go")
+    monkeypatch.delenv("CONTEXTUAL_LOSS_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    assert native._cache_dir().parent == Path(tempfile.gettempdir())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert native._cache_dir() == tmp_path / "contextual-loss"
+    monkeypatch.setenv("CONTEXTUAL_LOSS_CACHE_DIR", str(tmp_path / "explicit"))
+    assert native._cache_dir() == tmp_path / "explicit"

@@ -47,7 +47,7 @@ _ABI_VERSION = 2
 #: Tried in order: the first set that compiles is used. -ffp-contract=off keeps the rounding of
 #: (u - umax) * s - L identical to the eager engine's separate operations.
 _FLAG_SETS = (
-    ["-O3", "-march=native", "-mprefer-vector-width=512"],
+    ["-O3", "-march=native", "-mprefer-vector-width=512", "-funroll-loops"],
     ["-O3", "-march=native"],
     ["-O3"],
 )
@@ -64,11 +64,21 @@ _INT = ctypes.c_int
 
 
 def _cache_dir() -> Path:
+    """Where the compiled library is kept: an explicit directory, else the user's cache, else a temp dir."""
     explicit = os.environ.get("CONTEXTUAL_LOSS_CACHE_DIR")
     if explicit:
         return Path(explicit)
     xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "contextual-loss"
+    user = (Path(xdg) if xdg else Path.home() / ".cache") / "contextual-loss"
+    try:
+        user.mkdir(parents=True, exist_ok=True)
+        if os.access(user, os.W_OK):
+            return user
+    except OSError:
+        pass
+    # A read-only or missing home (containers, sandboxes): a per-user directory under the temp dir.
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"contextual-loss-{uid}"
 
 
 def _compiler() -> str | None:
