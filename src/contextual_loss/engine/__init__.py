@@ -54,10 +54,11 @@ EngineName = Literal["auto", "dense", "streaming"]
 T = TypeVar("T")
 ENGINES = ("auto", "dense", "streaming")
 
-#: ``auto`` uses the dense engine up to this many entries B * N * M. Measured on a 2-core CPU
-#: (forward + backward, C in {64, 256}): dense is faster up to N * M = 65536 (16 x 16 maps), the two
-#: are even between 160k and 330k (20 x 20 to 24 x 24), streaming wins from about 1M; see docs/engine.md.
-DENSE_MAX_ENTRIES = 2**18
+#: ``auto`` uses the dense engine up to this many entries B * N * M. Measured on a 2-core CPU with
+#: the native strip kernels (forward + backward, fresh processes): at C = 64 dense is faster at
+#: 12 x 12 maps and streaming from 16 x 16 (1.3x); at C = 256 dense is faster up to 16 x 16 (1.2x)
+#: and the two are even at 20 x 20 and 24 x 24; streaming wins from 32 x 32. See docs/engine.md.
+DENSE_MAX_ENTRIES = 2**16
 
 
 def choose_engine(x: Tensor, y: Tensor, engine: EngineName = "auto") -> Literal["dense", "streaming"]:
