@@ -18,8 +18,9 @@
  * Backward, per recomputed row: a_ik = t_ik - L_i as above (a_{i,k(i)} = -L_i), p = exp(a)
  *   written over u, and the row entropy H_i = -sum_k p_ik a_ik.
  *
- * Rows are split into contiguous blocks, one per thread, and the per-thread column maxima are
- * merged in thread order, so the results do not depend on scheduling (bit-identical run to run).
+ * Threads take rows in small chunks as they become free. Each row's statistics are computed by one
+ * thread alone, and the per-thread column maxima are merged with ties going to the smallest row,
+ * so the results do not depend on scheduling or on the number of threads (bit-identical run to run).
  * Exponentials of arguments below `lowest` are 0, as in the eager exp_without_underflow.
  */
 #include <math.h>
@@ -31,6 +32,8 @@
 
 /* Columns summed in the compute type before the partial sum is added to the double total. */
 #define BLOCK 256
+/* Rows handed to a thread at a time. */
+#define ROW_CHUNK 4
 
 int64_t cl_abi_version(void) { return 2; }
 

@@ -96,8 +96,10 @@ int NAME(cl_forward_strip)(int64_t rows, int64_t m, T *u, const T *base, int cla
             mine[j] = -INFINITY;
             mine_row[j] = 0;
         }
-        int64_t lo = rows * tid / nt, hi = rows * (tid + 1) / nt;
-        for (int64_t i = lo; i < hi; i++) {
+        /* Dynamic chunks: a thread whose core is taken away (shared machines) holds up no one. Each
+         * thread still visits its rows in increasing order, so its column maxima keep their first row. */
+#pragma omp for schedule(dynamic, ROW_CHUNK) nowait
+        for (int64_t i = 0; i < rows; i++) {
             T *row = u + i * m;
             T L = NAME(row_stats)(row, m, base[i], clamp, (T)h, (T)eps, (T)lowest, umax + i, argmin + i, scale + i,
                                   clamped == NULL ? NULL : clamped + i);
@@ -112,14 +114,23 @@ int NAME(cl_forward_strip)(int64_t rows, int64_t m, T *u, const T *base, int cla
         if (update) {
 #pragma omp barrier
             int64_t c0 = m * tid / nt, c1 = m * (tid + 1) / nt;
-            for (int t = 0; t < nt; t++) { /* thread order is row order: the first row keeps ties */
-                const T *theirs = col_best + (size_t)t * (size_t)m;
-                const int32_t *their_row = col_row + (size_t)t * (size_t)m;
-                for (int64_t j = c0; j < c1; j++)
-                    if (theirs[j] > best[j]) {
-                        best[j] = theirs[j];
-                        index[j] = row0 + their_row[j];
+            for (int64_t j = c0; j < c1; j++) {
+                /* This strip's maximum, the smallest row winning ties (whichever thread saw it), then
+                 * strictly greater than the earlier strips' maximum: the first row overall wins. */
+                T value = -INFINITY;
+                int32_t row = INT32_MAX;
+                for (int t = 0; t < nt; t++) {
+                    T theirs = col_best[(size_t)t * (size_t)m + j];
+                    int32_t their_row = col_row[(size_t)t * (size_t)m + j];
+                    if (theirs > value || (theirs == value && their_row < row)) {
+                        value = theirs;
+                        row = their_row;
                     }
+                }
+                if (value > best[j]) {
+                    best[j] = value;
+                    index[j] = row0 + row;
+                }
             }
         }
     }
@@ -136,7 +147,7 @@ int NAME(cl_forward_strip)(int64_t rows, int64_t m, T *u, const T *base, int cla
 int NAME(cl_backward_strip)(int64_t rows, int64_t m, T *u, const T *umax, const T *scale, const int64_t *argmin,
                             const T *log_norm, double lowest, T *entropy, int threads) {
     T low = (T)lowest;
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel for schedule(dynamic, ROW_CHUNK) num_threads(threads)
     for (int64_t i = 0; i < rows; i++) {
         T *row = u + i * m;
         T mx = umax[i], s = scale[i], L = log_norm[i];
