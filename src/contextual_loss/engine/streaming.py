@@ -279,7 +279,7 @@ def _forward_image(x: Tensor, y: Tensor, opts: _Options, plan: StripPlan, pos, n
     n, m = x.shape[0], y.shape[0]
     dist = make_strip_distance(x, y, opts.loss_type)
     kernels = native.kernels_for(x)
-    floor = _floor(dist, opts, pos)
+    floor = _floor(dist, opts, pos) if kernels is None else None  # only the eager exp needs it
     buf_u = x.new_empty(plan.rows, m)
     buf_w = x.new_empty(plan.rows, m) if kernels is None or opts.released else None
     best = x.new_full((m,), -math.inf)
@@ -387,10 +387,10 @@ def _backward_image(
     argmax_value = (g_o * torch.expm1(a_o) + (r_o - g_o) * torch.exp(a_o)) / r_o
     position = torch.full((n,), -1, dtype=torch.long, device=x.device)
     position[rows] = torch.arange(rows.numel(), device=x.device)
-    floor = _floor(dist, opts, pos)
     kernels = native.kernels_for(x)
     buf_a = x.new_empty(plan.backward_rows, y.shape[0])
-    buf_p = x.new_empty(plan.backward_rows, y.shape[0]) if kernels is None else None
+    if kernels is None:  # the eager passes need a second buffer and the rows' lower bounds of u
+        buf_p, floor = x.new_empty(plan.backward_rows, y.shape[0]), _floor(dist, opts, pos)
     for q0 in range(0, rows.numel(), plan.backward_rows):
         strip = rows[q0 : q0 + plan.backward_rows]
         size = strip.numel()

@@ -55,7 +55,8 @@ class StripPlan:
         rows: prediction rows per strip (the last strip may be shorter), in both passes.
         columns: M, the width of every strip.
         tiles: strip-sized buffers alive at once in either pass (2, plus 1 for L1 and 1 for a
-            CoBi spatial term).
+            CoBi spatial term); the native CPU kernels need one buffer fewer, so for them the
+            workspace is an upper bound.
         itemsize: bytes per entry of the compute dtype.
 
     """
