@@ -341,16 +341,17 @@ def _row_outputs(x: Tensor, n: int, wanted: bool, with_clamped: bool) -> dict[st
 
 
 def _probabilities_and_entropy(
-    u: Tensor, out: Tensor, st: _Stats, strip: Tensor, local: Tensor, floor: Tensor
+    u: Tensor, out: Tensor, row: tuple[Tensor, Tensor, Tensor, Tensor], local: Tensor, floor: Tensor
 ) -> tuple[Tensor, Tensor]:
     """The CX p of a recomputed strip into ``out``, and the row entropies H_i = -sum_k p_ik log p_ik.
 
-    a = (u - umax) s - L is formed exactly as in the forward pass, with a = -L at k(i).
+    ``row`` holds the strip's (umax, scale, argmin, log_norm); a = (u - umax) s - L is formed
+    exactly as in the forward pass, with a = -L at k(i).
     """
-    s, log_norm = st.scale[strip], st.log_norm[strip]
-    a = u.sub_(st.umax[strip].unsqueeze(1)).mul_(s.unsqueeze(1)).sub_(log_norm.unsqueeze(1))
-    a[local, st.argmin[strip]] = -log_norm
-    p = exp_without_underflow(a, (floor - st.umax[strip]) * s - log_norm, out=out)
+    umax, s, k, log_norm = row
+    a = u.sub_(umax.unsqueeze(1)).mul_(s.unsqueeze(1)).sub_(log_norm.unsqueeze(1))
+    a[local, k] = -log_norm
+    p = exp_without_underflow(a, (floor - umax) * s - log_norm, out=out)
     entropy = a.mul_(p).sum(dim=1).neg_()  # (a is not needed after)
     return p, entropy
 
@@ -395,15 +396,14 @@ def _backward_image(
         strip = rows[q0 : q0 + plan.backward_rows]
         size = strip.numel()
         local = torch.arange(size, device=x.device)
+        row = (st.umax[strip], st.scale[strip], st.argmin[strip], st.log_norm[strip])
+        k = row[2]
         u = _strip_affinity(dist, strip, buf_a[:size], opts, pos)
         if kernels is not None:  # one fused pass: p over u, and the row entropies
-            entropy = kernels.backward(
-                u, st.umax[strip], st.scale[strip], st.argmin[strip], st.log_norm[strip], underflow_limit(u.dtype)
-            )
+            entropy = kernels.backward(u, *row, underflow_limit(u.dtype))
             p = u
         else:
-            p, entropy = _probabilities_and_entropy(u, buf_p[:size], st, strip, local, floor[strip])
-        k = st.argmin[strip]
+            p, entropy = _probabilities_and_entropy(u, buf_p[:size], row, local, floor[strip])
         gamma_c = (gamma_base[q0 : q0 + size] + entropy).mul_(-opts.band_width)
         gamma_c.masked_fill_(st.clamped[strip], 0.0)
         lo = int(torch.searchsorted(owners, strip[0]))
