@@ -15,12 +15,14 @@ an engine. An engine returns log CX(X, Y) per image and, on request, the per-tar
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
+import torch
 from torch import Tensor
 
-from contextual_loss.engine.dense import dense_log_similarity, dense_match
+from contextual_loss.engine.dense import dense_log_cx_matrix, dense_log_similarity, dense_match
 from contextual_loss.engine.streaming import (
     DoubleBackwardError,
     streaming_log_similarity,
@@ -28,8 +30,9 @@ from contextual_loss.engine.streaming import (
     streaming_plan,
 )
 from contextual_loss.engine.strips import DEFAULT_MEMORY_BUDGET, StripPlan
-from contextual_loss.engine.types import ContextualMatch, SpatialTerm
+from contextual_loss.engine.types import ContextualMatch, EngineResult, SpatialTerm
 from contextual_loss.maths import Distance
+from contextual_loss.options import ENGINES, ContextualOptions, EngineName
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -38,11 +41,14 @@ __all__ = [
     "ContextualMatch",
     "DoubleBackwardError",
     "EngineName",
+    "EngineResult",
+    "ProgressCallback",
     "SpatialTerm",
     "StripPlan",
     "choose_engine",
     "dense_log_similarity",
     "dense_match",
+    "evaluate",
     "log_similarity",
     "match",
     "streaming_log_similarity",
@@ -50,9 +56,9 @@ __all__ = [
     "streaming_plan",
 ]
 
-EngineName = Literal["auto", "dense", "streaming"]
 T = TypeVar("T")
-ENGINES = ("auto", "dense", "streaming")
+#: Called as ``progress(done, total)`` with the units of work (strips) done so far and in all.
+ProgressCallback = Callable[[int, int], None]
 
 #: ``auto`` uses the dense engine up to this many entries B * N * M. Measured on a 2-core CPU with
 #: the native strip kernels (forward + backward, fresh processes): at C = 64 dense is faster at
@@ -114,3 +120,36 @@ def match(
     """Per-target best matches (see :class:`ContextualMatch`) on the chosen engine."""
     kwargs = {"loss_type": loss_type, "band_width": band_width, "eps": eps, "spatial": spatial}
     return _dispatch(x, y, engine, memory_budget, dense_match, streaming_match, kwargs)
+
+
+def evaluate(
+    x: Tensor,
+    y: Tensor,
+    options: ContextualOptions,
+    spatial: SpatialTerm | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+) -> EngineResult:
+    """The one engine entry point: log CX per image and the per-target matches of prepared sets.
+
+    Args:
+        x: prepared prediction set (B, N, C).
+        y: prepared target set (B, M, C).
+        options: the comparison's options; the engine reads ``loss_type``, ``band_width``,
+            ``eps``, ``engine`` and ``memory_budget``.
+        spatial: CoBi's spatial term (weight, form and positions), or ``None`` for CX.
+        progress: optional ``progress(done, total)`` callback (not yet called by this version).
+
+    Returns:
+        An :class:`EngineResult` (log_similarity, best, index).
+
+    """
+    kwargs = {"loss_type": options.loss_type, "band_width": options.band_width, "eps": options.eps, "spatial": spatial}
+    if choose_engine(x, y, options.engine) == "dense":
+        a = dense_log_cx_matrix(x, y, **kwargs)
+        best, index = a.max(dim=1)
+        log_sim = torch.logsumexp(best, dim=-1) - math.log(best.shape[-1])
+        return EngineResult(log_sim, best.detach(), index)
+    from contextual_loss.engine.streaming import _stream
+
+    return EngineResult(*_stream(x, y, memory_budget=options.memory_budget, **kwargs))

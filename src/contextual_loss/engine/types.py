@@ -9,7 +9,7 @@ from torch import Tensor
 
 from contextual_loss.maths import CoBiForm
 
-__all__ = ["ContextualMatch", "SpatialTerm"]
+__all__ = ["ContextualMatch", "EngineResult", "SpatialTerm"]
 
 
 @dataclass(frozen=True)
@@ -45,3 +45,19 @@ class ContextualMatch(NamedTuple):
     log_similarity: Tensor
     index: Tensor
     similarity: Tensor
+
+
+class EngineResult(NamedTuple):
+    """What an engine returns for prepared sets x (B, N, C) and y (B, M, C): enough for the loss and the match.
+
+    Attributes:
+        log_similarity: (B,) log CX(X, Y), differentiable with respect to x and y.
+        best: (B, M) max_i log CX_ij for each target vector j (no gradient); its log-mean-exp over
+            j is ``log_similarity``.
+        index: (B, M) int64, the prediction index i*(j) attaining ``best`` (the first on ties).
+
+    """
+
+    log_similarity: Tensor
+    best: Tensor
+    index: Tensor

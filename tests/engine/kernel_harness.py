@@ -1,0 +1,93 @@
+"""A minimal single-image streaming pass over any StripKernels, for testing kernel implementations.
+
+It follows the streaming engine's steps (strips of ``rows`` rows, the backward on the rows that are
+some target's best match) with nothing else, so that a kernel implementation can be checked
+against the dense engine's values and autograd gradients directly. CX only (no CoBi term).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from contextual_loss.engine.kernels.base import ColumnMax, RowStats, StripKernels
+from contextual_loss.engine.strips import make_strip_distance
+
+
+def _row_stats(n: int, like: Tensor) -> RowStats:
+    return RowStats(
+        umax=like.new_empty(n),
+        argmin=torch.empty(n, dtype=torch.long, device=like.device),
+        scale=like.new_empty(n),
+        log_norm=like.new_empty(n),
+        clamped=torch.empty(n, dtype=torch.bool, device=like.device),
+    )
+
+
+def _slice(stats: RowStats, index: slice | Tensor) -> RowStats:
+    return RowStats(
+        *(
+            None if t is None else t[index]
+            for t in (stats.umax, stats.argmin, stats.scale, stats.log_norm, stats.clamped)
+        )
+    )
+
+
+def stream_image(
+    kernels: StripKernels,
+    x: Tensor,
+    y: Tensor,
+    *,
+    loss_type: str,
+    band_width: float,
+    eps: float = 1e-5,
+    rows: int = 7,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(log CX, best (M,), index (M,), dx (N, C), dy (M, C)) of prepared sets x (N, C), y (M, C)."""
+    n, m = x.shape[0], y.shape[0]
+    dist = make_strip_distance(x, y, loss_type)  # type: ignore[arg-type]
+    stats = _row_stats(n, x)
+    columns = ColumnMax(best=x.new_full((m,), -math.inf), index=torch.zeros(m, dtype=torch.long, device=x.device))
+    for row0 in range(0, n, rows):
+        sl = slice(row0, min(n, row0 + rows))
+        u = dist.affinity(sl, x.new_empty(sl.stop - row0, m))
+        kernels.forward(
+            u,
+            dist.base[sl],
+            _slice(stats, sl),
+            clamp=dist.clamp,
+            band_width=band_width,
+            eps=eps,
+            columns=columns,
+            row0=row0,
+            write_a=False,
+        )
+    best, index = columns.best, columns.index
+    log_sim = torch.logsumexp(best, 0) - math.log(m)
+    # Backward of log CX (grad 1): the engine's bookkeeping, as in streaming._backward_image.
+    g = torch.softmax(best, 0)
+    r = x.new_zeros(n).index_add_(0, index, g)
+    need = (r != 0).nonzero().squeeze(1)
+    weighted = x.new_zeros(n).index_add_(0, index, g * best)
+    dx, dy = torch.zeros_like(x), torch.zeros_like(y)
+    for q0 in range(0, need.numel(), rows):
+        strip = need[q0 : q0 + rows]
+        owners = index.unsqueeze(0) == strip.unsqueeze(1)  # (R, M): column j is owned by strip row q
+        arg_rows, arg_cols = owners.nonzero(as_tuple=True)
+        g_o, a_o, r_o = g[arg_cols], best[arg_cols], r[strip][arg_rows]
+        values = (g_o * torch.expm1(a_o) + (r_o - g_o) * torch.exp(a_o)) / r_o
+        u = dist.affinity(strip, x.new_empty(strip.numel(), m))
+        kernels.backward(
+            u,
+            _slice(stats, strip),
+            gamma_base=weighted[strip] / r[strip],
+            band_width=band_width,
+            argmax_rows=arg_rows,
+            argmax_cols=arg_cols,
+            argmax_values=values,
+        )
+        dist.backward(strip, u, stats.scale[strip] * r[strip], dx, dy)
+    dist.finish(dy)
+    return log_sim, best, index, dx, dy
