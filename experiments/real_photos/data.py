@@ -184,11 +184,11 @@ def random_camera(rng: np.random.Generator) -> Camera:
     """A phone camera with a consistent look (warm cast, lifted mid-tones) and per-shot variation."""
     base_gains = np.array([1.06, 1.0, 0.88])
     return Camera(
-        blur_radius=float(rng.uniform(0.6, 1.4)),
+        blur_radius=float(rng.uniform(0.4, 1.0)),
         gains=tuple(float(g) for g in base_gains * rng.uniform(0.94, 1.06, size=3)),
-        noise=float(rng.uniform(0.01, 0.03)),
+        noise=float(rng.uniform(0.005, 0.02)),
         gamma=float(0.8 * rng.uniform(0.9, 1.1)),
-        quality=int(rng.integers(40, 81)),
+        quality=int(rng.integers(60, 91)),
     )
 
 

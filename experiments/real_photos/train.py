@@ -56,7 +56,7 @@ class PhotoConfig:
     loss: str = "cx"
     target: str = "misaligned"
     library_defaults: bool = False
-    steps: int = 600
+    steps: int = 500
     batch_size: int = 8
     crop: int = 48
     lr: float = 2e-3
@@ -95,13 +95,12 @@ RUNS: dict[str, dict] = {
 #: Candidates for the defaults of pixel and patch features (distance, band width, CoBi's w_s).
 ABLATIONS: dict[str, dict] = {
     "cx-l1-h0.2": {"loss": "cx", "band_width": 0.2},
-    "cx-l1-h1": {"loss": "cx", "band_width": 1.0},
     "cx-l2": {"loss": "cx", "loss_type": "l2"},
+    "cx-l2-h0.2": {"loss": "cx", "loss_type": "l2", "band_width": 0.2},
     "cx-l2-h1": {"loss": "cx", "loss_type": "l2", "band_width": 1.0},
     "cx-cosine-512": {"loss": "cx", "loss_type": "cosine"},
-    "cobi-l1-ws0.3": {"loss": "cobi", "weight_sp": 0.3},
     "cobi-l1-ws3": {"loss": "cobi", "weight_sp": 3.0},
-    "cobi-l2": {"loss": "cobi", "loss_type": "l2", "weight_sp": 0.1},
+    "cobi-l2-ws0.1": {"loss": "cobi", "loss_type": "l2", "weight_sp": 0.1},
     "cobi-l2-ws0.3": {"loss": "cobi", "loss_type": "l2", "weight_sp": 0.3},
 }
 ALL_RUNS = {**RUNS, **ABLATIONS}
