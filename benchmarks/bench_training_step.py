@@ -190,12 +190,60 @@ def _worker(args: argparse.Namespace) -> dict:
     return {k: v * 1000 if isinstance(v, float) else v for k, v in result.items()}
 
 
+def _crossover_worker(args: argparse.Namespace) -> dict:
+    """Engine-only A/B at one (distance, B, N = M, C): dense and streaming fwd + bwd, interleaved."""
+    import torch
+
+    from contextual_loss import engine
+    from contextual_loss.maths import prepare_features
+    from contextual_loss.options import ContextualOptions
+
+    torch.set_num_threads(args.threads)
+    distance, batch, n, channels = args.crossover_point.split(":")
+    batch, n, channels = int(batch), int(n), int(channels)
+    gen = torch.Generator().manual_seed(0)
+    x0, y0 = torch.rand(batch, n, channels, generator=gen), torch.rand(batch, n, channels, generator=gen)
+    times: dict[str, list[float]] = {"dense": [], "streaming": []}
+    for step in range(args.steps + 2):
+        for name in times:
+            x = x0.clone().requires_grad_(True)
+            t0 = time.perf_counter()
+            xs, ys = prepare_features(x, y0, distance)
+            log = engine.evaluate(xs, ys, ContextualOptions(loss_type=distance, engine=name)).log_similarity
+            log.sum().backward()
+            if step >= 2:  # the first two are warm-up
+                times[name].append(time.perf_counter() - t0)
+    chosen = engine.choose_engine(x0, y0, "auto")
+    return {name: 1000 * statistics.median(t) for name, t in times.items()} | {"auto": chosen}
+
+
+def crossover_table(rows: list[tuple[str, dict | str]]) -> str:
+    """The markdown table of the engine-only A/B."""
+    lines = [
+        "| distance | B | N = M | C | B N M | dense fwd+bwd (ms) | streaming fwd+bwd (ms) | faster | auto picks |",
+        "|" + "---|" * 9,
+    ]
+    for point, r in rows:
+        distance, batch, n, channels = point.split(":")
+        entries = int(batch) * int(n) ** 2
+        if isinstance(r, str):
+            lines.append(f"| {distance} | {batch} | {n} | {channels} | {entries:,} | {r} | | | |")
+            continue
+        faster = "dense" if r["dense"] < r["streaming"] else "streaming"
+        ratio = max(r["dense"], r["streaming"]) / min(r["dense"], r["streaming"])
+        lines.append(
+            f"| {distance} | {batch} | {n} | {channels} | {entries:,} | {_ms(r['dense'])} | {_ms(r['streaming'])} "
+            f"| {faster} ({ratio:.2f}x) | {r['auto']} |"
+        )
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- driver
 
 
-def _run_child(point: str, variant: str, args: argparse.Namespace) -> dict | str:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--point", point, "--variant", variant]
-    cmd += ["--threads", str(args.threads), "--steps", str(args.steps)]
+def _run_child(point: str, variant: str | None, args: argparse.Namespace) -> dict | str:
+    cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(args.threads), "--steps", str(args.steps)]
+    cmd += ["--worker", "--point", point, "--variant", variant] if variant else ["--crossover-point", point]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_WAIT_POLICY": "PASSIVE"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=args.timeout)
     if done.returncode != 0:
@@ -247,11 +295,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per process (median)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per process")
+    parser.add_argument(
+        "--crossover",
+        default=None,
+        help="instead: engine-only A/B at comma-separated DISTANCE:B:N:C points (e.g. l1:8:512:75)",
+    )
     parser.add_argument("--quick", action="store_true", help="one small point, two variants, one process")
     parser.add_argument("--output", type=Path, default=None, help="also write the markdown here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--point", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--crossover-point", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.points, args.variants, args.repeats, args.steps = "2x24", "patches-l1-64:auto,vgg-cosine-all:dense", 1, 2
@@ -266,7 +320,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(_worker(args)))
         return 0
+    if args.crossover_point:
+        print(json.dumps(_crossover_worker(args)))
+        return 0
     import torch
+
+    if args.crossover:
+        return _crossover_main(args)
 
     points, variants = args.points.split(","), args.variants.split(",")
     runs: dict[tuple[str, str], list[dict]] = {(p, v): [] for p in points for v in variants}
@@ -295,6 +355,40 @@ def main(argv: list[str] | None = None) -> int:
             "",
             table(rows),
         ]
+    )
+    print(report)
+    if args.output is not None:
+        args.output.write_text(report + "\n")
+    return 0
+
+
+def _crossover_main(args: argparse.Namespace) -> int:
+    import torch
+
+    load, start = [os.getloadavg()[0]], time.perf_counter()
+    points = args.crossover.split(",")
+    runs: dict[str, list[dict]] = {p: [] for p in points}
+    failures: dict[str, str] = {}
+    for _ in range(args.repeats):
+        for point in points:
+            if point in failures:
+                continue
+            outcome = _run_child(point, None, args)
+            if isinstance(outcome, str):
+                failures[point] = outcome
+            else:
+                runs[point].append(outcome)
+            print(f"{point}: {outcome}", file=sys.stderr, flush=True)
+    load.append(os.getloadavg()[0])
+    rows = []
+    for point, done in runs.items():
+        merged = {k: statistics.median(r[k] for r in done) for k in ("dense", "streaming")} if done else {}
+        rows.append((point, failures.get(point) or merged | {"auto": done[0]["auto"]}))
+    report = (
+        f"Engine only (prepared random sets, fwd + bwd), float32, {args.threads} thread(s), OMP_WAIT_POLICY=PASSIVE; "
+        f"median of {args.steps} per process and of {args.repeats} fresh processes; torch {torch.__version__}; "
+        f"load average {load[0]:.1f} at the start, {load[1]:.1f} at the end; {time.perf_counter() - start:.0f} s.\n\n"
+        + crossover_table(rows)
     )
     print(report)
     if args.output is not None:

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
+import math
 import platform
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -41,9 +42,10 @@ from contextual_loss.functional import contextual_loss
 from contextual_loss.io import resize_max_side
 from experiments.real_photos.data import load_photo
 
-__all__ = ["SETTINGS", "SHIFTS", "duplicate_cap", "features", "main", "shifted_pair"]
+__all__ = ["LARGE", "SETTINGS", "SHIFTS", "Cache", "duplicate_cap", "features", "main", "shifted_pair"]
 
 HERE = Path(__file__).resolve().parent
+CACHE = HERE / "runs" / "defaults.json"
 SHIFTS = (0, 1, 2, 4, 8)
 PHOTOS = ("astronaut", "coffee", "chelsea")
 #: (features, distance) candidates, band width 0.5 throughout.
@@ -100,6 +102,31 @@ def _loss(
         return float(contextual_loss(fx, fy, 0.5, distance, max_points=max_points, generator=sampler))
 
 
+class Cache:
+    """Measured losses by key, kept in a JSON file so that an interrupted run resumes (``None``: in memory)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.values: dict = json.loads(path.read_text()) if path is not None and path.exists() else {}
+
+    def get(self, key: str, compute) -> dict:
+        """The stored value of ``key``, or ``compute()`` stored now."""
+        if key not in self.values:
+            self.values[key] = compute()
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self.values, indent=1))
+                tmp.replace(self.path)
+        return self.values[key]
+
+
+def _timed_losses(pairs, measure) -> dict:
+    start = time.perf_counter()
+    losses = [measure(*pair) for pair in pairs]
+    return {"losses": losses, "seconds": (time.perf_counter() - start) / len(losses)}
+
+
 def _increasing(values: Sequence[float]) -> bool:
     return all(b > a for a, b in itertools.pairwise(values))
 
@@ -111,48 +138,34 @@ def _fmt(value: float) -> str:
 # ----------------------------------------------------------------------------- measurements
 
 
-def shift_table(size: int, photos: Sequence[str] = PHOTOS, settings=SETTINGS) -> tuple[str, list[dict]]:
+def shift_table(size: int, cache: Cache, photos: Sequence[str] = PHOTOS, settings=SETTINGS) -> str:
     """Measurement 1 (and the caps of measurement 2) on ``size`` x ``size`` crops at stored resolution."""
     rows = []
     for photo in photos:
         stored, _ = load_photo(photo)
         top = (stored.shape[-2] - size) // 2
         left = (stored.shape[-1] - size - max(SHIFTS)) // 2
+        pairs = [shifted_pair(stored, top, left, (size, size), s) for s in SHIFTS]
         for kind, distance in settings:
-            start = time.perf_counter()
-            losses = [_loss(*shifted_pair(stored, top, left, (size, size), s), kind, distance) for s in SHIFTS]
-            seconds = time.perf_counter() - start
-            _, target = shifted_pair(stored, top, left, (size, size), 0)
-            count, duplicated, cap = duplicate_cap(features(target, kind))
-            rows.append(
-                {
-                    "photo": photo,
-                    "features": kind,
-                    "distance": distance,
-                    "losses": losses,
-                    "cx_identical": float(np.exp(-losses[0])),
-                    "cap": cap,
-                    "duplicated": duplicated,
-                    "count": count,
-                    "increasing": _increasing(losses),
-                    "seconds": seconds,
-                }
-            )
-            print(f"{photo} {kind} {distance}: {[round(v, 4) for v in losses]} ({seconds:.1f} s)", flush=True)
+            key = f"shift {photo} {size} {kind} {distance}"
+            done = cache.get(key, lambda: _timed_losses(pairs, lambda x, y: _loss(x, y, kind, distance)))  # noqa: B023
+            count, duplicated, cap = duplicate_cap(features(pairs[0][1], kind))
+            rows.append((photo, kind, distance, done, count, duplicated, cap))
+            print(f"{key}: {[round(v, 4) for v in done['losses']]} ({done['seconds']:.1f} s per pair)", flush=True)
     head = (
         "| photo | features | distance | CX(X, X) | cap from duplicates | features with a duplicate | "
         + " | ".join(f"loss {s} px" for s in SHIFTS)
-        + " | strictly increasing | seconds |"
+        + " | strictly increasing | seconds per pair |"
     )
     lines = [head, "|" + "---|" * (8 + len(SHIFTS))]
-    for r in rows:
+    for photo, kind, distance, done, count, duplicated, cap in rows:
+        losses = done["losses"]
         lines.append(
-            f"| {r['photo']} | {r['features']} | {r['distance']} | {r['cx_identical']:.4f} | {r['cap']:.4f} | "
-            f"{r['duplicated']} / {r['count']} | "
-            + " | ".join(_fmt(v) for v in r["losses"])
-            + f" | {'yes' if r['increasing'] else '**no**'} | {r['seconds']:.1f} |"
+            f"| {photo} | {kind} | {distance} | {math.exp(-losses[0]):.4f} | {cap:.4f} | {duplicated} / {count} | "
+            + " | ".join(_fmt(v) for v in losses)
+            + f" | {'yes' if _increasing(losses) else '**no**'} | {done['seconds']:.1f} |"
         )
-    return "\n".join(lines), rows
+    return "\n".join(lines)
 
 
 def cap_example() -> tuple[str, float, float]:
@@ -176,17 +189,21 @@ def cap_example() -> tuple[str, float, float]:
     return text, cap, 107 / 144
 
 
-def large_photo_table(
-    photos: Sequence[str] = PHOTOS,
-    policies: Sequence[tuple[str, int]] = (
-        ("max-side", 128),
-        ("max-points", 16384),
-        ("max-points", 4096),
-        ("target-points", 4096),
-    ),
-    settings=(("patches", "l1"), ("patches", "cosine")),
-    trim: int = 0,
-) -> str:
+#: Measurement 3's (features, distance, policy, value): shrink to a longer side of ``value`` px, or
+#: sample ``value`` positions of both images, or only of the target.
+LARGE = (
+    ("patches", "cosine", "max-side", 128),
+    ("patches", "l1", "max-side", 128),
+    ("patches", "l2", "max-side", 128),
+    ("patches", "l1", "max-points", 4096),
+    ("patches", "l2", "max-points", 4096),
+    ("patches", "l2", "max-points", 16384),
+    ("patches", "l2", "target-points", 4096),
+)
+POLICY_NAMES = {"max-side": "--max-side", "max-points": "max_points", "target-points": "target positions"}
+
+
+def large_photo_table(cache: Cache, photos: Sequence[str] = PHOTOS, plan=LARGE, trim: int = 0) -> str:
     """Measurement 3: whole photos (less ``max(SHIFTS)`` columns) against shifted copies, per size policy."""
     lines = [
         "| photo (stored size) | features, distance | policy | compared size | "
@@ -199,29 +216,27 @@ def large_photo_table(
         if trim:
             stored = stored[:, :trim, : trim + max(SHIFTS)]
         rows, cols = stored.shape[-2], stored.shape[-1] - max(SHIFTS)
-        for kind, distance in settings:
-            for policy, value in policies:
-                start = time.perf_counter()
-                losses = []
-                for s in SHIFTS:
-                    pred, target = shifted_pair(stored, 0, 0, (rows, cols), s)
-                    if policy == "max-side":
-                        pred, target = resize_max_side(pred, value), resize_max_side(target, value)
-                        losses.append(_loss(pred, target, kind, distance))
-                    elif policy == "max-points":
-                        losses.append(_loss(pred, target, kind, distance, max_points=value))
-                    else:
-                        losses.append(_loss(pred, target, kind, distance, target_points=value))
-                seconds = (time.perf_counter() - start) / len(SHIFTS)
-                size = "x".join(map(str, pred.shape[-2:])) if policy == "max-side" else f"{rows}x{cols}"
-                setting = {"max-side": "--max-side", "max-points": "max_points", "target-points": "target positions"}
-                setting = f"{setting[policy]} {value}"
-                lines.append(
-                    f"| {photo} ({stored.shape[-1]} x {stored.shape[-2]}) | {kind}, {distance} | {setting} | {size} | "
-                    + " | ".join(_fmt(v) for v in losses)
-                    + f" | {'yes' if _increasing(losses) else '**no**'} | {seconds:.1f} |"
-                )
-                print(lines[-1], flush=True)
+        pairs = [shifted_pair(stored, 0, 0, (rows, cols), s) for s in SHIFTS]
+        for kind, distance, policy, value in plan:
+            if policy == "max-side":
+                pairs_used = [(resize_max_side(x, value), resize_max_side(y, value)) for x, y in pairs]
+                options = {}
+            else:
+                pairs_used = pairs
+                options = {"max_points" if policy == "max-points" else "target_points": value}
+            key = f"large {photo} {rows}x{cols} {kind} {distance} {policy} {value}"
+            done = cache.get(
+                key,
+                lambda: _timed_losses(pairs_used, lambda x, y: _loss(x, y, kind, distance, **options)),  # noqa: B023
+            )
+            size = "x".join(map(str, pairs_used[0][0].shape[-2:]))
+            lines.append(
+                f"| {photo} ({stored.shape[-1]} x {stored.shape[-2]}) | {kind}, {distance} | "
+                f"{POLICY_NAMES[policy]} {value} | {size} | "
+                + " | ".join(_fmt(v) for v in done["losses"])
+                + f" | {'yes' if _increasing(done['losses']) else '**no**'} | {done['seconds']:.1f} |"
+            )
+            print(lines[-1], flush=True)
     return "\n".join(lines)
 
 
@@ -232,22 +247,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=128, help="crop side of measurement 1")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output", type=Path, default=HERE / "DEFAULTS.md")
+    parser.add_argument("--fresh", action="store_true", help="forget the measurements cached in runs/defaults.json")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     size = 32 if args.quick else args.size
-    shifts, _ = shift_table(size)
+    if args.fresh and CACHE.exists():
+        CACHE.unlink()
+    cache = Cache(None if args.quick else CACHE)
+    shifts = shift_table(size, cache)
     example, cap, expected = cap_example()
     if args.quick:
-        policies = (("max-side", 32), ("max-points", 256), ("target-points", 256))
-        large = large_photo_table(("chelsea",), policies, (("patches", "l1"),), trim=64)
+        plan = (("patches", "l1", "max-side", 32), ("patches", "l1", "max-points", 256))
+        large = large_photo_table(cache, ("chelsea",), (*plan, ("patches", "l1", "target-points", 256)), trim=64)
     else:
-        large = large_photo_table()
+        large = large_photo_table(cache)
     seconds = time.perf_counter() - start
+    measured = sum(v["seconds"] * len(v["losses"]) for v in cache.values.values()) / 60
     note = (
-        f"_{seconds / 60:.1f} min on {torch.get_num_threads()} CPU thread(s) of a 2-core machine shared with other "
-        f"jobs (times are as measured there); torch {torch.__version__}, Python {platform.python_version()}_"
+        f"_{measured:.1f} min of measurements ({seconds / 60:.1f} min in this invocation) on "
+        f"{torch.get_num_threads()} CPU thread(s) of a 2-core machine shared with other jobs (times are as "
+        f"measured there); torch {torch.__version__}, Python {platform.python_version()}_"
     )
     text = f"""# Defaults for pixel and patch features on real photographs: measurements
 
