@@ -80,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny runs scored on small windows (seconds)")
     parser.add_argument("--runs", default="all", help="'table', 'ablations', 'all' or a comma-separated list")
-    parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
+    parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds of the table's runs")
+    parser.add_argument("--ablation-seeds", default="0", help="comma-separated training seeds of the candidates")
     parser.add_argument("--out", type=Path, default=None, help="runs folder (default: runs/, quick: outputs/)")
     parser.add_argument("--report", type=Path, default=None, help="default: RESULTS.md beside this script")
     parser.add_argument("--figure", type=Path, default=None, help="default: figures/zoom.png beside the report")
@@ -99,7 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     start, load = time.perf_counter(), os.getloadavg()[0]
     common = ["--out", str(out), "--threads", str(args.threads), *args.train_args]
     common += [*(["--quick"] if args.quick else []), *(["--no-progress"] * (args.no_progress or args.jobs > 1))]
-    pairs = [(name, seed) for seed in args.seeds.split(",") for name in train.run_names(args.runs)]
+    names = train.run_names(args.runs)
+    pairs = [(n, seed) for seed in args.seeds.split(",") for n in names if n in train.RUNS]
+    pairs += [(n, seed) for seed in args.ablation_seeds.split(",") for n in names if n not in train.RUNS]
     status = _train_all(pairs, common, args.jobs)
     if status:
         return status
@@ -110,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"2-core machine shared with other jobs; the times above are as measured there, slower than on a quiet "
         f"machine. torch {torch.__version__}._"
     )
-    eval_argv = ["--out", str(out), "--seeds", args.seeds, "--report", str(report), "--figure", str(figure)]
+    seeds = ",".join(sorted({*args.seeds.split(","), *args.ablation_seeds.split(",")}, key=int))
+    eval_argv = ["--out", str(out), "--seeds", seeds, "--report", str(report), "--figure", str(figure)]
     eval_argv += ["--note", note]
     eval_argv += ["--shots", "1", "--size", "48"] if args.quick else []
     return evaluate.main(eval_argv)
