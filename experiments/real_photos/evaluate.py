@@ -244,8 +244,11 @@ def write_report(result: dict, path: Path, figure: Path, note: str = "") -> str:
     crops = len(result["scores"]["input"][None]["tiles"])
     ablation_text = ""
     if ablations:
+        ablation_seeds = ", ".join(str(s) for s in sorted({s for n in ablations for s in result["runs"][n]}))
         ablation_text = f"""
-## Candidates for the defaults (same protocol; CX or CoBi alone, 5 x 5 patches)
+## Candidates for the defaults (same protocol, 5 x 5 patches; candidates trained with seed(s) {ablation_seeds})
+
+The table's runs are repeated for comparison (their means over all seeds, per-seed values beside).
 
 {results_table(result, ["l1", "cx", "cobi", "cx-defaults", "cobi-defaults", *ablations])}
 
