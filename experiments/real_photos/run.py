@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny runs scored on small windows (seconds)")
     parser.add_argument("--runs", default="all", help="'table', 'ablations', 'all' or a comma-separated list")
     parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds of the table's runs")
-    parser.add_argument("--ablation-seeds", default="0", help="comma-separated training seeds of the candidates")
+    parser.add_argument("--ablation-seeds", default="0,1", help="comma-separated training seeds of the candidates")
     parser.add_argument("--out", type=Path, default=None, help="runs folder (default: runs/, quick: outputs/)")
     parser.add_argument("--report", type=Path, default=None, help="default: RESULTS.md beside this script")
     parser.add_argument("--figure", type=Path, default=None, help="default: figures/zoom.png beside the report")

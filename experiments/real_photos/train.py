@@ -56,7 +56,7 @@ class PhotoConfig:
     loss: str = "cx"
     target: str = "misaligned"
     library_defaults: bool = False
-    steps: int = 300
+    steps: int = 800
     batch_size: int = 8
     crop: int = 48
     lr: float = 2e-3
