@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 from torch import Tensor
 
+from contextual_loss._deprecation import warn_renamed
 from contextual_loss.maths import CoBiForm
 
 __all__ = ["ContextualMatch", "EngineResult", "SpatialTerm"]
@@ -34,17 +35,25 @@ class SpatialTerm:
 class ContextualMatch(NamedTuple):
     """What the loss matched, per target vector.
 
+    A named tuple, so it unpacks as ``log_similarity, prediction_index, similarity = match``.
+
     Attributes:
         log_similarity: (B,) log CX(X, Y).
-        index: (B, M) int64, for each target vector j the prediction index i*(j) = argmax_i CX_ij
-            (the first index on ties).
+        prediction_index: (B, M) int64, for each target vector j the index i*(j) = argmax_i CX_ij
+            of its match among the prediction's vectors (the first index on ties).
         similarity: (B, M) max_i CX_ij, the per-target best similarity; its mean over j is CX.
 
     """
 
     log_similarity: Tensor
-    index: Tensor
+    prediction_index: Tensor
     similarity: Tensor
+
+    @property  # type: ignore[misc]  # replaces tuple.index (a method) until the old name goes
+    def index(self) -> Tensor:  # type: ignore[override]
+        """Deprecated name of :attr:`prediction_index` (it hid ``tuple.index``)."""
+        warn_renamed("ContextualMatch.index", "ContextualMatch.prediction_index")
+        return self.prediction_index
 
 
 class EngineResult(NamedTuple):
