@@ -16,19 +16,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from torch import Tensor
 
+from contextual_loss._deprecation import moved
 from contextual_loss.explain import MatchExplanation
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from contextual_loss.analysis import MisalignmentStudy
-
 __all__ = [
     "MissingExtraError",
     "displacement_to_rgb",
+    "draw_image",
     "plot_explanation",
-    "plot_misalignment",
     "require_matplotlib",
     "save_figure",
 ]
@@ -111,7 +110,8 @@ def _image_array(image: Tensor) -> np.ndarray:
     return array[..., 0] if array.shape[-1] == 1 else array
 
 
-def _show_image(ax: Axes, image: Tensor, title: str) -> None:
+def draw_image(ax: Axes, image: Tensor, title: str) -> None:
+    """Show a (1, C, H, W) or (C, H, W) image with values in [0, 1] on ``ax``, without ticks."""
     array = _image_array(image)
     ax.imshow(array, cmap="gray" if array.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title, fontsize=9)
@@ -244,7 +244,7 @@ def plot_explanation(
     figure = Figure(figsize=(3.2 * ncols, 6.0 if has_matrices else 3.4), layout="constrained")
     grid = figure.add_gridspec(2, ncols, height_ratios=[1, 1.4]) if has_matrices else figure.add_gridspec(1, ncols)
     for k, (img, name) in enumerate(images):
-        _show_image(figure.add_subplot(grid[0, k]), img, f"{name} {tuple(img.shape[-2:])}")
+        draw_image(figure.add_subplot(grid[0, k]), img, f"{name} {tuple(img.shape[-2:])}")
     _draw_displacement(figure.add_subplot(grid[0, len(images)]), explanation, max_arrows)
     ax = figure.add_subplot(grid[0, len(images) + 1])
     similarity = ax.imshow(explanation.similarity.numpy(), cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest")
@@ -288,65 +288,5 @@ def plot_explanation(
     return figure
 
 
-def plot_misalignment(study: MisalignmentStudy, *, show_images: bool = True) -> Figure:
-    """L1 and CX (and CoBi) of shifted and rotated copies, as fractions of the unrelated value.
-
-    Left: the reference, a shifted copy, the rotated copy and the unrelated texture. Right: the
-    fractions against the shift, with the rotation as separate markers.
-    """
-    Figure = require_matplotlib()
-    rotation = [row for row in study.rows if row.angle]
-    shifts = [row for row in study.rows if row.label.startswith("shift")]
-    figure = Figure(figsize=(9.5 if show_images else 5.0, 3.6), layout="constrained")
-    grid = figure.add_gridspec(2, 4 if show_images else 1, width_ratios=[1, 1, 2.6, 0.01] if show_images else None)
-    if show_images:
-        largest = max(shifts, key=lambda r: r.shift)
-        picks = [("reference (target)", study.reference), (largest.label, study.copies[largest.label])]
-        picks += [(row.label, study.copies[row.label]) for row in rotation]
-        picks.append(("unrelated", study.copies["unrelated"]))
-        for k, (name, image) in enumerate(picks[:4]):
-            _show_image(figure.add_subplot(grid[k // 2, k % 2]), image, name)
-        ax = figure.add_subplot(grid[:, 2])
-    else:
-        ax = figure.add_subplot(grid[:, 0])
-    xs = [row.shift for row in shifts]
-    ax.plot(xs, [row.l1_fraction for row in shifts], "o-", color="tab:red", label="L1 (pixels)")
-    ax.plot(
-        xs,
-        [row.cx_fraction for row in shifts],
-        "s-",
-        color="tab:blue",
-        label=f"CX loss ({study.patch_size}x{study.patch_size} patches)",
-    )
-    if shifts and shifts[0].cobi_fraction is not None:
-        ax.plot(
-            xs,
-            [row.cobi_fraction for row in shifts],
-            "^-",
-            color="tab:green",
-            label=f"CoBi loss (w_s={study.weight_sp})",
-        )
-    for row in rotation:
-        ax.plot([xs[-1] + 1.5], [row.l1_fraction], "o", color="tab:red", mfc="white")
-        ax.plot([xs[-1] + 1.5], [row.cx_fraction], "s", color="tab:blue", mfc="white")
-        if row.cobi_fraction is not None:
-            ax.plot([xs[-1] + 1.5], [row.cobi_fraction], "^", color="tab:green", mfc="white")
-        ax.annotate(
-            row.label,
-            (xs[-1] + 1.5, row.l1_fraction),
-            textcoords="offset points",
-            xytext=(0, 8),
-            fontsize=8,
-            ha="center",
-        )
-    ax.axhline(0.1, color="tab:blue", ls=":", lw=1)
-    ax.axhline(0.4, color="tab:red", ls=":", lw=1)
-    ax.set_xticks([*xs, *([xs[-1] + 1.5] if rotation else [])])
-    ax.set_xticklabels([*map(str, xs), *(["rot."] if rotation else [])])
-    ax.set_xlabel("horizontal shift (px)")
-    ax.set_ylabel("loss / loss for an unrelated texture")
-    ax.set_ylim(0, 1.05)
-    ax.set_xlim(-0.5, xs[-1] + 2.7)
-    ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 0.12))
-    ax.set_title(f"misaligned copies of a {study.size}x{study.size} texture, band width {study.band_width}", fontsize=9)
-    return figure
+# Until the next release: plot_misalignment serves the demo and lives with its study now.
+__getattr__ = moved(__name__, {"plot_misalignment": "contextual_loss.demo.misalignment:plot_misalignment"})
