@@ -6,17 +6,13 @@ import itertools
 
 import pytest
 import torch
+from tests.helpers import rand
 
 from contextual_loss import ContextualBilateralLoss, ContextualLoss
 from contextual_loss.features import extract_patches
 from contextual_loss.functional import contextual_bilateral_loss, contextual_loss
 
-
-def _rand(*shape, seed=0):
-    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-X, Y = _rand(2, 3, 8, 8, seed=1), _rand(2, 3, 8, 8, seed=2)
+X, Y = rand(2, 3, 8, 8, seed=1), rand(2, 3, 8, 8, seed=2)
 
 CX_OPTIONS = list(
     itertools.product([0.1, 0.5], ["cosine", "l1", "l2"], ["image", "batch"], ["mean", "sum", "none"], [1e-5, 1e-3])

@@ -37,7 +37,7 @@ def describe(value: Any) -> str:
     if isinstance(value, Tensor):
         return f"Tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
     shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
-    if isinstance(shape, tuple) and dtype is not None:  # a NumPy (or other) array: never its whole repr
+    if isinstance(shape, tuple) and shape and dtype is not None:  # a NumPy (or other) array: never its whole repr
         return f"{type(value).__name__} of shape {shape} and dtype {dtype}"
     text = repr(value)
     if len(text) > _REPR_LIMIT:
