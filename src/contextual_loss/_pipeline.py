@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,6 +32,7 @@ __all__ = ["PreparedSets", "evaluate", "full_precision", "per_image_loss", "prep
 @contextlib.contextmanager
 def full_precision(device: torch.device) -> Iterator[None]:
     """Disable autocast, so that distances and reductions run in float32 (or float64)."""
+    ctx: contextlib.AbstractContextManager[Any]
     try:
         ctx = torch.autocast(device_type=device.type, enabled=False)
     except RuntimeError:  # a device type without autocast support
@@ -100,8 +102,9 @@ def prepare(
     dtype = compute_dtype(x, y) if dtype is None else dtype
     with full_precision(x.device):
         xs, ys = flatten(x.to(dtype)), flatten(y.to(dtype))
-        pos_x = maths.grid_positions(*x.shape[-2:], options.form, device=x.device, dtype=dtype)
-        pos_y = maths.grid_positions(*y.shape[-2:], options.form, device=y.device, dtype=dtype)
+        pos_x, pos_y = (
+            maths.grid_positions(m.shape[2], m.shape[3], options.form, device=m.device, dtype=dtype) for m in (x, y)
+        )
         shared = x.shape[-2:] == y.shape[-2:]  # the same positions for both maps, as the authors do
         xs, ys, pos_x, pos_y = sample_sets(
             xs, ys, pos_x, pos_y, max_points=options.max_points, shared=shared, generator=generator

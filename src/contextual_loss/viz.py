@@ -103,10 +103,10 @@ def _hsv_to_rgb(hue: np.ndarray, saturation: np.ndarray) -> np.ndarray:
 
 
 def _image_array(image: Tensor) -> np.ndarray:
-    array = image.detach().float().cpu()
-    if array.ndim == 4:
-        array = array[0]
-    array = array.clamp(0, 1).permute(1, 2, 0).numpy()
+    pixels = image.detach().float().cpu()
+    if pixels.ndim == 4:
+        pixels = pixels[0]
+    array = pixels.clamp(0, 1).permute(1, 2, 0).numpy()
     return array[..., 0] if array.shape[-1] == 1 else array
 
 

@@ -62,6 +62,7 @@ def test_imagenet_weights_offline_say_how_to_get_them(run_cli, images, offline_h
     line = result.err.strip()
     assert "\n" not in line and "Traceback" not in line
     assert "contextual-loss download-weights" in line
+    assert "--weights PATH or --weights random" in line  # the command line's own advice
 
 
 @pytest.mark.parametrize(

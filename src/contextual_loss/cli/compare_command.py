@@ -112,7 +112,7 @@ def _progress(items: Sequence[Any], enabled: bool) -> Iterable[Any]:
     if not enabled:
         return items
     try:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]  # an optional extra without stubs
     except ImportError:
         return items
     return tqdm(items, desc="comparing", unit="pair", file=sys.stderr, disable=None)

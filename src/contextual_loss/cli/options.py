@@ -231,11 +231,10 @@ def build_features(args: argparse.Namespace) -> FeatureSpec:
 
 def _vgg_features(args: argparse.Namespace) -> FeatureSpec:
     """VGG19 features of the named layers; weights from the hub cache, a file, or random."""
-    weights: str | None = args.weights or "imagenet"
-    if weights == "random":
-        weights = None
-    elif weights != "imagenet" and not Path(weights).is_file():
-        raise CommandError(f"--weights: no such file: {weights} (give a state dict file, 'imagenet' or 'random')")
+    given: str = args.weights or "imagenet"
+    if given not in ("imagenet", "random") and not Path(given).is_file():
+        raise CommandError(f"--weights: no such file: {given} (give a state dict file, 'imagenet' or 'random')")
+    weights = None if given == "random" else given
     try:
         layers = normalize_layers(_parse_layers(args.vgg_layers)) or {}  # never empty: _parse_layers checks
         extractor = VGG19Features(list(layers), weights=weights, pooling=args.vgg_pooling)

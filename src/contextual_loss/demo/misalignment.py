@@ -150,7 +150,7 @@ def misalignment_study(
                 l1_fraction=l1 / base_l1,
                 cx_fraction=cx / base_cx,
                 cobi_loss=cobi,
-                cobi_fraction=None if cobi is None else cobi / base_cobi,
+                cobi_fraction=None if cobi is None or base_cobi is None else cobi / base_cobi,
             )
         )
     return MisalignmentStudy(rows, size, patch_size, float(band_width), weight_sp, reference, copies)

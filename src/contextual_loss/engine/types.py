@@ -32,7 +32,13 @@ class SpatialTerm:
     pos_y: Tensor
 
 
-class ContextualMatch(NamedTuple):
+class _MatchFields(NamedTuple):
+    log_similarity: Tensor
+    prediction_index: Tensor
+    similarity: Tensor
+
+
+class ContextualMatch(_MatchFields):
     """What the loss matched, per target vector.
 
     A named tuple, so it unpacks as ``log_similarity, prediction_index, similarity = match``.
@@ -43,15 +49,32 @@ class ContextualMatch(NamedTuple):
             of its match among the prediction's vectors (the first index on ties).
         similarity: (B, M) max_i CX_ij, the per-target best similarity; its mean over j is CX.
 
+    Until the next release the old name ``index`` of ``prediction_index`` still works, as an
+    attribute and as a keyword of the constructor, with a ``DeprecationWarning``.
+
     """
 
-    log_similarity: Tensor
-    prediction_index: Tensor
-    similarity: Tensor
+    __slots__ = ()
 
-    @property  # type: ignore[misc]  # replaces tuple.index (a method) until the old name goes
+    def __new__(
+        cls,
+        log_similarity: Tensor,
+        prediction_index: Tensor | None = None,
+        similarity: Tensor | None = None,
+        *,
+        index: Tensor | None = None,
+    ) -> ContextualMatch:
+        """Build a match; ``index=`` is the deprecated keyword of ``prediction_index``."""
+        if index is not None:
+            warn_renamed("ContextualMatch(index=...)", "ContextualMatch(prediction_index=...)")
+            prediction_index = index
+        if prediction_index is None or similarity is None:
+            raise TypeError("ContextualMatch needs log_similarity, prediction_index and similarity")
+        return super().__new__(cls, log_similarity, prediction_index, similarity)
+
+    @property  # it hid tuple.index (a method) and will go with the old name
     def index(self) -> Tensor:  # type: ignore[override]
-        """Deprecated name of :attr:`prediction_index` (it hid ``tuple.index``)."""
+        """Deprecated name of :attr:`prediction_index`."""
         warn_renamed("ContextualMatch.index", "ContextualMatch.prediction_index")
         return self.prediction_index
 
