@@ -246,7 +246,16 @@ def plot_explanation(
     for k, (img, name) in enumerate(images):
         draw_image(figure.add_subplot(grid[0, k]), img, f"{name} {tuple(img.shape[-2:])}")
     _draw_displacement(figure.add_subplot(grid[0, len(images)]), explanation, max_arrows)
-    ax = figure.add_subplot(grid[0, len(images) + 1])
+    _draw_similarity(figure, figure.add_subplot(grid[0, len(images) + 1]), explanation)
+    if has_matrices:
+        half = ncols // 2
+        _draw_matrices(figure, figure.add_subplot(grid[1, :half]), figure.add_subplot(grid[1, half:]), explanation)
+    figure.suptitle(title or _summary(explanation), fontsize=10)
+    return figure
+
+
+def _draw_similarity(figure: Figure, ax: Axes, explanation: MatchExplanation) -> None:
+    """The per-target best similarity, targets whose match is shared hatched."""
     similarity = ax.imshow(explanation.similarity.numpy(), cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest")
     shared = ~explanation.unique.numpy()
     if shared.any():
@@ -255,37 +264,38 @@ def plot_explanation(
     ax.set_xticks([])
     ax.set_yticks([])
     figure.colorbar(similarity, ax=ax, shrink=0.8)
-    if has_matrices:
-        half = ncols // 2
-        ax_d = figure.add_subplot(grid[1, :half])
-        img_d = _draw_matrix(
-            ax_d,
-            np.asarray(explanation.relative_distance),
-            "relative distance d~_ij = d_ij / (min_k d_ik + eps)",
-            cmap="viridis_r",
-            fmt=lambda v: f"{v:.2f}",
-            mark_column_max=False,
-        )
-        figure.colorbar(img_d, ax=ax_d, shrink=0.8)
-        ax_c = figure.add_subplot(grid[1, half:])
-        img_c = _draw_matrix(
-            ax_c,
-            np.asarray(explanation.cx_matrix),
-            "CX_ij (rows sum to 1); red: max over i, the match of j",
-            cmap="magma",
-            fmt=_short,
-            mark_column_max=True,
-        )
-        figure.colorbar(img_c, ax=ax_c, shrink=0.8)
+
+
+def _draw_matrices(figure: Figure, ax_d: Axes, ax_c: Axes, explanation: MatchExplanation) -> None:
+    """The matrices d~_ij and CX_ij side by side, each with its colour bar."""
+    img_d = _draw_matrix(
+        ax_d,
+        np.asarray(explanation.relative_distance),
+        "relative distance d~_ij = d_ij / (min_k d_ik + eps)",
+        cmap="viridis_r",
+        fmt=lambda v: f"{v:.2f}",
+        mark_column_max=False,
+    )
+    figure.colorbar(img_d, ax=ax_d, shrink=0.8)
+    img_c = _draw_matrix(
+        ax_c,
+        np.asarray(explanation.cx_matrix),
+        "CX_ij (rows sum to 1); red: max over i, the match of j",
+        cmap="magma",
+        fmt=_short,
+        mark_column_max=True,
+    )
+    figure.colorbar(img_c, ax=ax_c, shrink=0.8)
+
+
+def _summary(explanation: MatchExplanation) -> str:
+    """The default title: the similarity, its loss, the one-to-one fraction and the band width."""
     settings = explanation.settings
     loss_name = "CoBi" if settings.get("weight_sp") is not None else "CX"
-    figure.suptitle(
-        title
-        or f"{loss_name} = {explanation.cx:.4f} (loss {-math.log(explanation.cx):.4f}), "
-        f"one-to-one matches {100 * explanation.unique_fraction:.0f}%, band width {settings.get('band_width')}",
-        fontsize=10,
+    return (
+        f"{loss_name} = {explanation.cx:.4f} (loss {-math.log(explanation.cx):.4f}), "
+        f"one-to-one matches {100 * explanation.unique_fraction:.0f}%, band width {settings.get('band_width')}"
     )
-    return figure
 
 
 # Until the next release: plot_misalignment serves the demo and lives with its study now.

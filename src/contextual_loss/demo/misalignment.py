@@ -21,7 +21,9 @@ from contextual_loss.features import extract_patches
 from contextual_loss.functional import contextual_bilateral_loss, contextual_loss
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from matplotlib.gridspec import GridSpec
 
 __all__ = ["CX_CLAIM", "L1_CLAIM", "MisalignmentRow", "MisalignmentStudy", "misalignment_study", "plot_misalignment"]
 
@@ -90,6 +92,24 @@ def _losses(
     return l1, cx, cobi
 
 
+def _row(
+    label: str, losses: tuple[float, float, float | None], unrelated: tuple[float, float, float | None], angle: float
+) -> MisalignmentRow:
+    """The row of one copy: its losses and their fractions of the unrelated texture's."""
+    (l1, cx, cobi), (base_l1, base_cx, base_cobi) = losses, unrelated
+    return MisalignmentRow(
+        label=label,
+        shift=int(label.split()[1]) if label.startswith("shift") else 0,
+        angle=float(angle) if label.startswith("rotation") else 0.0,
+        l1=l1,
+        cx_loss=cx,
+        l1_fraction=l1 / base_l1,
+        cx_fraction=cx / base_cx,
+        cobi_loss=cobi,
+        cobi_fraction=None if cobi is None or base_cobi is None else cobi / base_cobi,
+    )
+
+
 def misalignment_study(
     *,
     size: int = 64,
@@ -102,7 +122,7 @@ def misalignment_study(
 ) -> MisalignmentStudy:
     """Compare a texture with shifted and rotated copies of itself, and with an unrelated texture.
 
-    The reference is the centre crop of a larger :func:`~contextual_loss.synthetic.texture`; a
+    The reference is the centre crop of a larger :func:`~contextual_loss.demo.images.texture`; a
     copy shifted by s pixels is the crop s pixels to the right (new content enters at one border,
     as with a real camera), the rotated copy is the canvas rotated about its centre, then cropped.
     The unrelated image is a texture of the same kind with another seed. Each copy is compared as
@@ -136,23 +156,7 @@ def misalignment_study(
         copies[f"rotation {angle:g}°"] = crop(rotate(canvas, angle))
     copies["unrelated"] = crop(texture(size + 2 * margin, size + 2 * margin, seed=seed + 1))
     losses = {label: _losses(reference, image, patch_size, band_width, weight_sp) for label, image in copies.items()}
-    base_l1, base_cx, base_cobi = losses["unrelated"]
-    rows = []
-    for label, (l1, cx, cobi) in losses.items():
-        shift = int(label.split()[1]) if label.startswith("shift") else 0
-        rows.append(
-            MisalignmentRow(
-                label=label,
-                shift=shift,
-                angle=float(angle) if label.startswith("rotation") else 0.0,
-                l1=l1,
-                cx_loss=cx,
-                l1_fraction=l1 / base_l1,
-                cx_fraction=cx / base_cx,
-                cobi_loss=cobi,
-                cobi_fraction=None if cobi is None or base_cobi is None else cobi / base_cobi,
-            )
-        )
+    rows = [_row(label, values, losses["unrelated"], angle) for label, values in losses.items()]
     return MisalignmentStudy(rows, size, patch_size, float(band_width), weight_sp, reference, copies)
 
 
@@ -163,56 +167,52 @@ def plot_misalignment(study: MisalignmentStudy, *, show_images: bool = True) -> 
     fractions against the shift, with the rotation as separate markers, and dotted lines at the
     claim's thresholds :data:`CX_CLAIM` (blue) and :data:`L1_CLAIM` (red).
     """
-    from contextual_loss.viz import draw_image, require_matplotlib
+    from contextual_loss.viz import require_matplotlib
 
     Figure = require_matplotlib()
-    rotation = [row for row in study.rows if row.angle]
-    shifts = [row for row in study.rows if row.label.startswith("shift")]
     figure = Figure(figsize=(9.5 if show_images else 5.0, 3.6), layout="constrained")
     grid = figure.add_gridspec(2, 4 if show_images else 1, width_ratios=[1, 1, 2.6, 0.01] if show_images else None)
     if show_images:
-        largest = max(shifts, key=lambda r: r.shift)
-        picks = [("reference (target)", study.reference), (largest.label, study.copies[largest.label])]
-        picks += [(row.label, study.copies[row.label]) for row in rotation]
-        picks.append(("unrelated", study.copies["unrelated"]))
-        for k, (name, image) in enumerate(picks[:4]):
-            draw_image(figure.add_subplot(grid[k // 2, k % 2]), image, name)
-        ax = figure.add_subplot(grid[:, 2])
-    else:
-        ax = figure.add_subplot(grid[:, 0])
+        _draw_copies(figure, grid, study)
+    _draw_fractions(figure.add_subplot(grid[:, 2 if show_images else 0]), study)
+    return figure
+
+
+def _draw_copies(figure: Figure, grid: GridSpec, study: MisalignmentStudy) -> None:
+    """The reference, the most shifted copy, the rotated copy and the unrelated texture, 2 x 2."""
+    from contextual_loss.viz import draw_image
+
+    largest = max((row for row in study.rows if row.label.startswith("shift")), key=lambda r: r.shift)
+    picks = [("reference (target)", study.reference), (largest.label, study.copies[largest.label])]
+    picks += [(row.label, study.copies[row.label]) for row in study.rows if row.angle]
+    picks.append(("unrelated", study.copies["unrelated"]))
+    for k, (name, image) in enumerate(picks[:4]):
+        draw_image(figure.add_subplot(grid[k // 2, k % 2]), image, name)
+
+
+def _draw_fractions(ax: Axes, study: MisalignmentStudy) -> None:
+    """Each loss over its unrelated value against the shift; the rotation as open markers at the right."""
+    shifts = [row for row in study.rows if row.label.startswith("shift")]
+    rotation = [row for row in study.rows if row.angle]
     xs = [row.shift for row in shifts]
+    patches = f"{study.patch_size}x{study.patch_size} patches"
     ax.plot(xs, [row.l1_fraction for row in shifts], "o-", color="tab:red", label="L1 (pixels)")
-    ax.plot(
-        xs,
-        [row.cx_fraction for row in shifts],
-        "s-",
-        color="tab:blue",
-        label=f"CX loss ({study.patch_size}x{study.patch_size} patches)",
-    )
+    ax.plot(xs, [row.cx_fraction for row in shifts], "s-", color="tab:blue", label=f"CX loss ({patches})")
     if shifts and shifts[0].cobi_fraction is not None:
-        ax.plot(
-            xs,
-            [row.cobi_fraction for row in shifts],
-            "^-",
-            color="tab:green",
-            label=f"CoBi loss (w_s={study.weight_sp})",
-        )
+        cobi = [row.cobi_fraction for row in shifts if row.cobi_fraction is not None]  # all set with weight_sp
+        ax.plot(xs, cobi, "^-", color="tab:green", label=f"CoBi loss (w_s={study.weight_sp})")
+    at = xs[-1] + 1.5
     for row in rotation:
-        ax.plot([xs[-1] + 1.5], [row.l1_fraction], "o", color="tab:red", mfc="white")
-        ax.plot([xs[-1] + 1.5], [row.cx_fraction], "s", color="tab:blue", mfc="white")
+        ax.plot([at], [row.l1_fraction], "o", color="tab:red", mfc="white")
+        ax.plot([at], [row.cx_fraction], "s", color="tab:blue", mfc="white")
         if row.cobi_fraction is not None:
-            ax.plot([xs[-1] + 1.5], [row.cobi_fraction], "^", color="tab:green", mfc="white")
+            ax.plot([at], [row.cobi_fraction], "^", color="tab:green", mfc="white")
         ax.annotate(
-            row.label,
-            (xs[-1] + 1.5, row.l1_fraction),
-            textcoords="offset points",
-            xytext=(0, 8),
-            fontsize=8,
-            ha="center",
+            row.label, (at, row.l1_fraction), textcoords="offset points", xytext=(0, 8), fontsize=8, ha="center"
         )
     ax.axhline(CX_CLAIM, color="tab:blue", ls=":", lw=1)
     ax.axhline(L1_CLAIM, color="tab:red", ls=":", lw=1)
-    ax.set_xticks([*xs, *([xs[-1] + 1.5] if rotation else [])])
+    ax.set_xticks([*xs, *([at] if rotation else [])])
     ax.set_xticklabels([*map(str, xs), *(["rot."] if rotation else [])])
     ax.set_xlabel("horizontal shift (px)")
     ax.set_ylabel("loss / loss for an unrelated texture")
@@ -220,4 +220,3 @@ def plot_misalignment(study: MisalignmentStudy, *, show_images: bool = True) -> 
     ax.set_xlim(-0.5, xs[-1] + 2.7)
     ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 0.12))
     ax.set_title(f"misaligned copies of a {study.size}x{study.size} texture, band width {study.band_width}", fontsize=9)
-    return figure
