@@ -2,8 +2,11 @@
 
 ``ContextualLoss`` and ``ContextualBilateralLoss`` keep the constructor signatures of
 contextual_loss_pytorch (``band_width``, ``loss_type``, ``use_vgg``, ``vgg_layer`` and, for CoBi,
-``weight_sp``), and every argument is used. The maths lives in :mod:`contextual_loss.functional`;
-the feature extractors in :mod:`contextual_loss.features`. ``layers=`` chooses the compared maps
+``weight_sp``), and every argument is used: the options go into one
+:class:`~contextual_loss.options.ContextualOptions` (``module.options``; ``module.band_width`` etc.
+read and write it), each compared layer runs the same computation as
+:func:`contextual_loss.functional.contextual_loss`, and the feature extractors come from
+:mod:`contextual_loss.features`. ``layers=`` chooses the compared maps
 and their weights (VGG19 layers, ``"patches"``), ``features=`` lets several losses share one
 extractor, and ``ContextualLoss.mechrez_recipe`` / ``ContextualBilateralLoss.zoom_recipe`` build
 the papers' settings in one line.
