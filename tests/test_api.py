@@ -203,3 +203,22 @@ class TestContextualMatch(_Template):
         assert match.prediction_index.shape == match.similarity.shape == (2, 20)
         assert match.prediction_index.dtype == torch.int64
         assert int(match.prediction_index.min()) >= 0 and int(match.prediction_index.max()) < 30
+
+
+def test_compiled_finite_check_raises_at_run_time() -> None:
+    # Under torch.compile the check cannot read the values on the host: torch._assert_async raises.
+    torch._dynamo.reset()
+    compiled = torch.compile(contextual_loss, fullgraph=True, backend="aot_eager")
+    with pytest.raises(RuntimeError, match="x contains NaN or infinite values"):
+        compiled(X.masked_fill(X > 0.9, float("nan")), Y, engine="dense")
+
+
+def test_compiled_sampling_with_a_generator_breaks_the_graph_and_equals_eager() -> None:
+    torch._dynamo.reset()
+    compiled = torch.compile(contextual_loss, backend="aot_eager")  # not fullgraph: the documented break
+
+    def seeded() -> torch.Generator:
+        return torch.Generator().manual_seed(7)
+
+    want = contextual_loss(X, Y, max_points=12, generator=seeded(), engine="dense")
+    torch.testing.assert_close(compiled(X, Y, max_points=12, generator=seeded(), engine="dense"), want)

@@ -12,7 +12,8 @@ References:
 Under ``torch.compile`` (``fullgraph=True`` works with the dense engine) two steps take another
 form: the check for NaN and infinity becomes ``torch._assert_async`` (a ``RuntimeError`` when the
 compiled code runs, instead of a ``ValueError``), and sampling (``max_points``) with your own
-``generator`` breaks the graph once (without ``generator`` it is traced).
+``generator`` is not traced: the graph breaks there, and ``fullgraph=True`` raises (sampling
+without a ``generator`` is traced).
 
 Examples:
     >>> import torch
