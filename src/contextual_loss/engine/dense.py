@@ -48,7 +48,7 @@ def dense_log_similarity(
 ) -> Tensor:
     """Log CX(X, Y) per image, (B,)."""
     a = dense_log_cx_matrix(x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial)
-    return maths.log_cx_from_matrix(a)
+    return maths.log_similarity_from_matrix(a)
 
 
 def dense_match(
@@ -64,4 +64,4 @@ def dense_match(
     a = dense_log_cx_matrix(x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial)
     best, index = a.max(dim=1)
     log_sim = torch.logsumexp(best, dim=-1) - math.log(best.shape[-1])
-    return ContextualMatch(log_similarity=log_sim, index=index, similarity=best.exp())
+    return ContextualMatch(log_similarity=log_sim, prediction_index=index, similarity=best.exp())

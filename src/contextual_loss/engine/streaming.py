@@ -539,4 +539,4 @@ def streaming_match(
     Arguments as in :func:`streaming_log_similarity`; ``log_similarity`` is differentiable.
     """
     log_sim, best, index = _stream(x, y, loss_type, band_width, eps, spatial, memory_budget)
-    return ContextualMatch(log_similarity=log_sim, index=index, similarity=best.exp())
+    return ContextualMatch(log_similarity=log_sim, prediction_index=index, similarity=best.exp())
