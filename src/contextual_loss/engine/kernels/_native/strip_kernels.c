@@ -1,5 +1,7 @@
 /*
- * Fused per-strip kernels of the streaming engine, loaded by contextual_loss.engine.native.
+ * Fused per-strip kernels of the streaming engine, loaded by contextual_loss.engine.kernels.native.
+ * Each entry point is one OpenMP parallel region per strip: on a shared machine every region
+ * waits for all its threads to get a time slice, so fewer regions hold up better under load.
  *
  * The eager engine turns a strip of affinities u (rows x M, written by one GEMM) into the row
  * statistics and the running column maximum with about ten elementwise passes over the strip,
@@ -15,8 +17,10 @@
  *   s_i = 1 / ((m_i + eps) h), t_ik = (u_ik - umax_i) s_i,
  *   L_i = log1p(sum_{k != k(i)} exp(t_ik)), a_ik = t_ik - L_i = log CX_ik,
  *   best_j = max_i a_ij, the first row winning ties (strictly greater across strips).
- * Backward, per recomputed row: a_ik = t_ik - L_i as above (a_{i,k(i)} = -L_i), p = exp(a)
- *   written over u, and the row entropy H_i = -sum_k p_ik a_ik.
+ * Backward, per recomputed row: a_ik = t_ik - L_i as above (a_{i,k(i)} = -L_i), p = exp(a),
+ *   the row entropy H_i = -sum_k p_ik a_ik, and the strip's gradient G written over u: p, with the
+ *   row's best-match entries replaced by the given values and gamma_i = -h (gamma_base_i + H_i)
+ *   added at k(i) (the maths and its derivation: kernels/base.py and docs/streaming.md).
  *
  * Threads take rows in small chunks as they become free. Each row's statistics are computed by one
  * thread alone, and the per-thread column maxima are merged with ties going to the smallest row,
@@ -35,7 +39,7 @@
 /* Rows handed to a thread at a time. */
 #define ROW_CHUNK 4
 
-int64_t cl_abi_version(void) { return 2; }
+int64_t cl_abi_version(void) { return 3; }
 
 int cl_openmp(void) {
 #ifdef _OPENMP
