@@ -38,8 +38,11 @@ def threads(request):
     torch.set_num_threads(before)
 
 
-def _strip(dtype: torch.dtype, rows: int = 37, m: int = 300, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine-like affinities with exact ties: duplicated columns (row maxima) and rows (column maxima)."""
+def _strip(dtype: torch.dtype, rows: int = 150, m: int = 600, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine-like affinities with exact ties: duplicated columns (row maxima) and rows (column maxima).
+
+    Large enough (90000 entries) for the kernels to use two threads (they use one per 32768 entries).
+    """
     gen = torch.Generator().manual_seed(seed)
     u = torch.rand(rows, m, generator=gen, dtype=dtype) * 2 - 1
     u[:, 200] = u[:, 17]  # every row's value at 17 repeats at 200
@@ -125,13 +128,13 @@ def _backward_case(dtype: torch.dtype, seed: int = 4):
     """A recomputed strip (a subset of a forward strip's rows) with its statistics and best-match entries."""
     u, base = _strip(dtype, seed=seed)
     a, rows, _ = _forward(EAGER, u, base, row0=0, write_a=True)
-    strip = torch.tensor([0, 3, 5, 7, 8, 20, 36])  # rows recomputed in the backward: any subset
+    strip = torch.cat((torch.tensor([0, 3, 5, 7, 8, 20, 36]), torch.arange(40, 150)))  # any subset of rows
     stats = RowStats(*(t[strip] for t in (rows.umax, rows.argmin, rows.scale, rows.log_norm, rows.clamped)))
     gen = torch.Generator().manual_seed(seed)
     gamma_base = torch.rand(strip.numel(), generator=gen, dtype=dtype) - 2.0
     # Best-match entries, sorted by row: several in row 0, one at row 4's k(i) (value, then + gamma).
-    entry_rows = torch.tensor([0, 0, 0, 2, 4, 6])
-    entry_cols = torch.tensor([1, 50, 299, 9, int(stats.argmin[4]), 120])
+    entry_rows = torch.tensor([0, 0, 0, 2, 4, 6, 60, 116])
+    entry_cols = torch.tensor([1, 50, 599, 9, int(stats.argmin[4]), 120, 7, 300])
     values = torch.rand(entry_rows.numel(), generator=gen, dtype=dtype) - 0.5
     kwargs = {"gamma_base": gamma_base, "band_width": 0.4, "argmax_rows": entry_rows, "argmax_cols": entry_cols,
               "argmax_values": values}  # fmt: skip
@@ -193,7 +196,7 @@ def test_kernels_are_bit_identical_across_thread_counts():
     # The kernels' own claim (docs/engine.md): each row by one thread, row sums in a fixed order,
     # column maxima merged with ties to the smallest row. Forward and backward.
     kernels = _native()
-    u, base = _strip(torch.float32, rows=64, m=1000, seed=2)
+    u, base = _strip(torch.float32, rows=256, m=1000, seed=2)  # up to 7 threads' worth of work
 
     def forward():
         _, rows, columns = _forward(kernels, u, base, row0=0)

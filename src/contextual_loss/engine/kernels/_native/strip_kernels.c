@@ -38,6 +38,19 @@
 #define BLOCK 256
 /* Rows handed to a thread at a time. */
 #define ROW_CHUNK 4
+/* Entries of work per thread below which fewer threads are used (PyTorch's grain size): a small
+ * strip is not worth waking a thread for, and on a loaded machine every woken thread may wait for
+ * a time slice. The results do not depend on the number of threads. */
+#define GRAIN 32768
+
+/* The threads worth using for a strip of rows x m entries: at most `threads`, one per GRAIN
+ * entries, and at most one per ROW_CHUNK rows. */
+static inline int strip_threads(int threads, int64_t rows, int64_t m) {
+    int64_t by_work = rows * m / GRAIN, by_rows = (rows + ROW_CHUNK - 1) / ROW_CHUNK;
+    int64_t n = threads < by_work ? threads : by_work;
+    n = n < by_rows ? n : by_rows;
+    return n < 1 ? 1 : (int)n;
+}
 
 int64_t cl_abi_version(void) { return 3; }
 

@@ -76,6 +76,7 @@ int NAME(cl_forward_strip)(int64_t rows, int64_t m, T *u, const T *base, int cla
                            double lowest, T *umax, int64_t *argmin, T *scale, T *log_norm, uint8_t *clamped,
                            int write_a, T *best, int64_t *index, int64_t row0, int threads) {
     int update = best != NULL && index != NULL && !write_a;
+    threads = strip_threads(threads, rows, m);
     T *col_best = NULL;
     int32_t *col_row = NULL;
     if (update) {
@@ -169,6 +170,7 @@ int NAME(cl_backward_strip)(int64_t rows, int64_t m, T *u, const T *umax, const 
     for (int64_t e = 1; e < q; e++)
         if (arg_rows[e] < arg_rows[e - 1]) return 2;
     T low = (T)lowest, minus_h = (T)(-h);
+    threads = strip_threads(threads, rows, m);
 #pragma omp parallel for schedule(dynamic, ROW_CHUNK) num_threads(threads)
     for (int64_t i = 0; i < rows; i++) {
         T *row = u + i * m;
