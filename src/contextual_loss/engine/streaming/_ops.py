@@ -19,7 +19,7 @@ from contextual_loss.engine.kernels import RowStats
 from contextual_loss.engine.streaming import _backward, _forward
 from contextual_loss.engine.streaming._problem import Problem, no_autocast
 
-__all__ = ["DoubleBackwardError", "streaming_backward", "streaming_forward"]
+__all__ = ["BACKWARD_SCHEMA", "FORWARD_SCHEMA", "DoubleBackwardError", "streaming_backward", "streaming_forward"]
 
 
 class DoubleBackwardError(RuntimeError):
@@ -33,7 +33,22 @@ _DOUBLE_BACKWARD_MESSAGE = (
 )
 
 
-@torch.library.custom_op("contextual_loss::streaming_forward", mutates_args=())
+#: The operators' schemas, given explicitly (not inferred from the annotations, which older torch
+#: versions could not read under ``from __future__ import annotations``).
+FORWARD_SCHEMA = (
+    "(Tensor x, Tensor y, Tensor? pos_x, Tensor? pos_y, str loss_type, float band_width, float eps, "
+    "float spatial_weight, str spatial_form, int memory_budget, str kernels, bool keep_rows) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+BACKWARD_SCHEMA = (
+    "(Tensor grad_best, Tensor x, Tensor y, Tensor? pos_x, Tensor? pos_y, Tensor best, Tensor index, "
+    "Tensor umax, Tensor argmin, Tensor scale, Tensor log_norm, Tensor clamped, Tensor feature_best, "
+    "str loss_type, float band_width, float eps, float spatial_weight, str spatial_form, int memory_budget, "
+    "str kernels) -> (Tensor, Tensor)"
+)
+
+
+@torch.library.custom_op("contextual_loss::streaming_forward", mutates_args=(), schema=FORWARD_SCHEMA)
 def streaming_forward(
     x: Tensor,
     y: Tensor,
@@ -87,7 +102,7 @@ def _streaming_forward_fake(x, y, pos_x, pos_y, loss_type, band_width, eps, spat
     )
 
 
-@torch.library.custom_op("contextual_loss::streaming_backward", mutates_args=())
+@torch.library.custom_op("contextual_loss::streaming_backward", mutates_args=(), schema=BACKWARD_SCHEMA)
 def streaming_backward(
     grad_best: Tensor,
     x: Tensor,
