@@ -89,7 +89,7 @@ def test_auto_rule_on_cuda_is_a_memory_model():
     # Dense while 10 (B, N, M) matrices of the compute dtype fit 1/16 of the device's total memory.
     memory = 80 * GIB
     limit = memory / 16 / (10 * 4)  # float32 entries
-    side = int(math.isqrt(int(limit)))
+    side = math.isqrt(int(limit))
     assert engine.auto_engine(1, side, side, 256, torch.float32, "cuda", memory) == "dense"
     assert engine.auto_engine(1, side + 1, side + 1, 256, torch.float32, "cuda", memory) == "streaming"
     assert engine.auto_engine(1, side, side, 256, torch.float16, "cuda", memory) == "dense"  # computed in float32
