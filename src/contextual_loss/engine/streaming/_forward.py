@@ -27,7 +27,7 @@ from contextual_loss.engine.strips import (
     spatial_tile,
 )
 
-__all__ = ["ForwardOutputs", "forward", "strip_affinity"]
+__all__ = ["ForwardOutputs", "forward", "row_stats", "select_rows", "strip_affinity"]
 
 #: The forward operator's outputs, in order: best, index (B, M); umax, argmin, scale, log_norm,
 #: clamped (B, N), or (B, 0) when no backward will follow; feature_best (B, M) for CoBi's released

@@ -13,7 +13,19 @@ from torch import Tensor
 
 from contextual_loss.engine.strips import DEFAULT_MEMORY_BUDGET, StripPlan, plan_strips
 
-__all__ = ["NO_SPATIAL", "Problem", "ProgressCallback", "compute_dtype", "log_complement", "report", "reporting"]
+__all__ = [
+    "NO_SPATIAL",
+    "Problem",
+    "ProgressCallback",
+    "budget",
+    "compute_dtype",
+    "image_positions",
+    "log_complement",
+    "no_autocast",
+    "problem_plan",
+    "report",
+    "reporting",
+]
 
 #: Called as ``progress(done, total)`` with the units of work (strips) done so far and in all.
 ProgressCallback = Callable[[int, int], None]
