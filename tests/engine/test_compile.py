@@ -7,12 +7,17 @@ formula), without Inductor's code generation; one test runs Inductor on the stre
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+import contextual_loss
 from contextual_loss import engine, maths
 from contextual_loss.engine.streaming import _ops
 from contextual_loss.engine.types import SpatialTerm
@@ -164,3 +169,13 @@ def test_progress_callbacks_are_refused_inside_compile():
     x, y = _sets()
     with pytest.raises(Exception, match="progress callbacks of the streaming engine are not supported"):
         torch.compile(fn, fullgraph=True, backend="aot_eager")(x, y)
+
+
+def test_importing_the_engine_does_not_import_dynamo():
+    # Registering the operators and marking the compile-time constants must not import
+    # torch._dynamo (about 2 s) for everyone who imports the package.
+    code = "import sys, contextual_loss.engine; print('torch._dynamo' in sys.modules)"
+    src = str(Path(contextual_loss.__file__).resolve().parents[1])  # this checkout's package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert done.stdout.strip() == "False"

@@ -24,6 +24,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from contextual_loss.engine._tracing import constant_under_compile
 from contextual_loss.engine.dense import dense_evaluate, dense_log_cx_matrix, dense_log_similarity, dense_match
 from contextual_loss.engine.streaming import (
     DoubleBackwardError,
@@ -109,7 +110,7 @@ def auto_engine(
     return "streaming"
 
 
-@torch.compiler.assume_constant_result
+@constant_under_compile
 def _cuda_memory(index: int) -> int:
     return _cuda_memory_cached(index)
 

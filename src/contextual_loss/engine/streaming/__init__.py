@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from contextual_loss.engine import kernels as _kernels
+from contextual_loss.engine._tracing import constant_under_compile
 from contextual_loss.engine.streaming._ops import DoubleBackwardError, streaming_forward
 from contextual_loss.engine.streaming._problem import NO_SPATIAL, budget, compute_dtype, problem_plan
 from contextual_loss.engine.strips import DEFAULT_MEMORY_BUDGET, StripPlan
@@ -80,7 +81,7 @@ def streaming_plan(
     return problem_plan(n, m, loss_type, _active_spatial(spatial) is not None, dtype, memory_budget)
 
 
-@torch.compiler.assume_constant_result
+@constant_under_compile
 def _requested_kernels() -> str:
     """The strip kernels asked for in this thread; under torch.compile, read once when tracing."""
     return _kernels.requested()[0]
