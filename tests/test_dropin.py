@@ -277,7 +277,7 @@ def test_l1_sums_absolute_differences_where_theirs_takes_the_absolute_sum() -> N
     # b, so here t is matched to b, position 1.
     x = torch.tensor([[0.0, 1.0], [1.0, 0.0], [5.0, 5.0]]).T.reshape(1, 2, 1, 3)
     y = torch.tensor([[1.0, 0.0], [5.0, 5.0]]).T.reshape(1, 2, 1, 2)
-    assert F.contextual_match(x, y, loss_type="l1").index.tolist() == [[1, 2]]
+    assert F.contextual_match(x, y, loss_type="l1").prediction_index.tolist() == [[1, 2]]
 
 
 def test_l2_works_for_batches_larger_than_one() -> None:

@@ -149,7 +149,7 @@ def explain_match(
     x, y = _as_single("x", x), _as_single("y", y)
     result = evaluate(x, y, options)
     (height_x, width_x), (height_y, width_y) = x.shape[-2:], y.shape[-2:]
-    index = result.index[0]
+    index = result.prediction_index[0]
     source = torch.stack((index // width_x, index % width_x), dim=-1).view(height_y, width_y, 2)
     rows, cols = torch.meshgrid(torch.arange(height_y), torch.arange(width_y), indexing="ij")
     # Pixel centres of the source, rescaled to the target grid, minus the target's own position.

@@ -218,7 +218,7 @@ def contextual_match(
     every position is matched. Arguments as in :func:`contextual_bilateral_loss`.
     """
     result = evaluate(x, y, ContextualOptions.from_arguments(locals()))
-    return ContextualMatch(result.log_similarity, result.index, result.best.exp())
+    return ContextualMatch(result.log_similarity, result.prediction_index, result.best.exp())
 
 
 # Until the next release: the choice tuples once defined here live in contextual_loss.options.

@@ -210,12 +210,14 @@ def log_cx_matrix(d: Tensor, band_width: float, eps: float) -> Tensor:
 
 
 def mix_released(log_feat: Tensor, log_spatial: Tensor, weight_sp: float) -> Tensor:
-    """log((1 - w) CX_feat + w CX_spatial), the released CoBi code's mixture, in log space."""
-    if weight_sp == 0.0:
-        return log_feat
-    if weight_sp == 1.0:
-        return log_spatial.expand_as(log_feat)
-    return torch.logaddexp(log_feat + math.log1p(-weight_sp), log_spatial + math.log(weight_sp))
+    """log((1 - w) CX_feat + w CX_spatial), the released CoBi code's mixture, in log space.
+
+    No case is special: at w = 0 (or 1) the log-weight log w (or log(1 - w)) is -inf, so that
+    share is exactly 0 and passes an exactly zero gradient (logaddexp(a, -inf) = a).
+    """
+    log_w = math.log(weight_sp) if weight_sp > 0.0 else -math.inf
+    log_1mw = math.log1p(-weight_sp) if weight_sp < 1.0 else -math.inf
+    return torch.logaddexp(log_feat + log_1mw, log_spatial + log_w)
 
 
 def bilateral_distance(d_feat: Tensor, d_spatial: Tensor, weight_sp: float) -> Tensor:

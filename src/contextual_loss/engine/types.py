@@ -86,10 +86,10 @@ class EngineResult(NamedTuple):
         log_similarity: (B,) log CX(X, Y), differentiable with respect to x and y.
         best: (B, M) max_i log CX_ij for each target vector j (no gradient); its log-mean-exp over
             j is ``log_similarity``.
-        index: (B, M) int64, the prediction index i*(j) attaining ``best`` (the first on ties).
+        prediction_index: (B, M) int64, the prediction index i*(j) attaining ``best`` (the first on ties).
 
     """
 
     log_similarity: Tensor
     best: Tensor
-    index: Tensor
+    prediction_index: Tensor
