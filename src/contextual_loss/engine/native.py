@@ -41,7 +41,7 @@ from torch import Tensor
 
 __all__ = ["StripKernels", "disabled", "kernels_for", "status"]
 
-_SOURCE_DIR = Path(__file__).with_name("_native")
+_SOURCE_DIR = Path(__file__).parent / "kernels" / "_native"
 _SOURCES = ("strip_kernels.c", "strip_kernels_body.h")
 _ABI_VERSION = 2
 #: Tried in order: the first set that compiles is used. -ffp-contract=off keeps the rounding of
