@@ -225,7 +225,7 @@ def test_environment_can_disable_the_kernels(value, monkeypatch):
 
 def test_missing_compiler_is_reported(monkeypatch):
     monkeypatch.setenv("CC", "")
-    monkeypatch.setattr(native.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     assert native._load() == (None, "no C compiler found (set CC)")
 
 

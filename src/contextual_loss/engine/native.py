@@ -25,12 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,19 +33,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from contextual_loss.engine.kernels import _build
+
 __all__ = ["StripKernels", "disabled", "kernels_for", "status"]
 
-_SOURCE_DIR = Path(__file__).parent / "kernels" / "_native"
-_SOURCES = ("strip_kernels.c", "strip_kernels_body.h")
 _ABI_VERSION = 2
-#: Tried in order: the first set that compiles is used. -ffp-contract=off keeps the rounding of
-#: (u - umax) * s - L identical to the eager engine's separate operations.
-_FLAG_SETS = (
-    ["-O3", "-march=native", "-mprefer-vector-width=512", "-funroll-loops"],
-    ["-O3", "-march=native"],
-    ["-O3"],
-)
-_COMMON_FLAGS = ["-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -63,70 +49,9 @@ _F64 = ctypes.c_double
 _INT = ctypes.c_int
 
 
-def _cache_dir() -> Path:
-    """Where the compiled library is kept: an explicit directory, else the user's cache, else a temp dir."""
-    explicit = os.environ.get("CONTEXTUAL_LOSS_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    user = (Path(xdg) if xdg else Path.home() / ".cache") / "contextual-loss"
-    try:
-        user.mkdir(parents=True, exist_ok=True)
-        if os.access(user, os.W_OK):
-            return user
-    except OSError:
-        pass
-    # A read-only or missing home (containers, sandboxes): a per-user directory under the temp dir.
-    uid = os.getuid() if hasattr(os, "getuid") else "user"
-    return Path(tempfile.gettempdir()) / f"contextual-loss-{uid}"
-
-
-def _compiler() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return name
-    return None
-
-
-def _cpu_signature() -> str:
-    """The CPU's model and feature flags: -march=native code must not be shared across CPUs."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    keep = [line for line in lines if line.startswith(("model name", "flags", "Features"))][:2]
-    return "\n".join([platform.machine(), platform.processor(), *keep])
-
-
-def _library_key(compiler: str) -> str:
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30, check=False)
-    digest = hashlib.sha256()
-    for name in _SOURCES:
-        digest.update((_SOURCE_DIR / name).read_bytes())
-    for part in (version.stdout, repr(_FLAG_SETS), repr(_COMMON_FLAGS), _cpu_signature()):
-        digest.update(part.encode())
-    return digest.hexdigest()[:20]
-
-
-def _compile(compiler: str, target: Path) -> str | None:
-    """Compile the kernels into ``target`` (atomically); returns None or the last error."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    error = "no flag set tried"
-    for flags in _FLAG_SETS:
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        cmd = [compiler, *flags, *_COMMON_FLAGS, str(_SOURCE_DIR / _SOURCES[0]), "-o", tmp, "-lm"]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-        except (OSError, subprocess.SubprocessError) as exc:
-            done, error = None, f"{type(exc).__name__}: {exc}"
-        if done is not None and done.returncode == 0:
-            os.replace(tmp, target)  # atomic: concurrent processes never load a half-written file
-            return None
-        if done is not None:
-            error = (done.stderr or done.stdout).strip()[-500:]
-        Path(tmp).unlink(missing_ok=True)
-    return error
+def _cache_dir() -> Path | None:
+    """The cache directory the kernels use, or None if none is safe (see ``kernels/_build.py``)."""
+    return _build.cache_directory()
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -141,34 +66,34 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.cl_openmp.restype = _INT
 
 
-def _load() -> tuple[ctypes.CDLL | None, str]:
-    """Build (if needed) and load the library; returns it (or None) and a one-line status."""
-    if os.environ.get("CONTEXTUAL_LOSS_NATIVE", "1").strip().lower() in {"0", "off", "false", "no"}:
-        return None, "disabled by CONTEXTUAL_LOSS_NATIVE"
-    compiler = _compiler()
-    if compiler is None:
-        return None, "no C compiler found (set CC)"
+def _checked(result: _build.LoadResult) -> tuple[ctypes.CDLL | None, str]:
+    """The loaded library if its symbols, ABI and OpenMP are as expected; and a one-line status."""
+    lib = result.lib
+    if lib is None:
+        return None, result.status
     try:
-        target = _cache_dir() / f"strip_kernels-{_library_key(compiler)}.so"
-        if not target.exists():
-            error = _compile(compiler, target)
-            if error is not None:
-                return None, f"compiling with {compiler} failed: {error}"
-        lib = ctypes.CDLL(str(target))
         _declare(lib)
-    except (OSError, subprocess.SubprocessError, AttributeError) as exc:
+    except AttributeError as exc:
         return None, f"loading failed: {type(exc).__name__}: {exc}"
     if lib.cl_abi_version() != _ABI_VERSION:
-        return None, f"{target} has ABI {lib.cl_abi_version()}, expected {_ABI_VERSION}"
+        return None, f"{result.path or 'the library'} has ABI {lib.cl_abi_version()}, expected {_ABI_VERSION}"
     if not lib.cl_openmp():
-        return None, f"{compiler} built the kernels without OpenMP (one thread would be slower than eager)"
-    return lib, f"in use: {target}"
+        return None, "the kernels were built without OpenMP (one thread would be slower than eager)"
+    return lib, result.status
+
+
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    """Build (if needed) and load the library now (uncached); returns it (or None) and a one-line status."""
+    return _checked(_build.build_and_load())
 
 
 def _library() -> ctypes.CDLL | None:
     with _lock:
         if "lib" not in _state:
-            _state["lib"], _state["status"] = _load()
+            result = _build.load_library()  # cached per process; warns once if it fails
+            _state["lib"], _state["status"] = _checked(result)
+            if result.lib is not None and _state["lib"] is None:
+                _build.warn_fallback(str(_state["status"]))
     return _state["lib"]  # type: ignore[return-value]
 
 
