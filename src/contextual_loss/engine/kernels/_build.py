@@ -188,10 +188,10 @@ def _build_and_load() -> LoadResult:
         return LoadResult(None, shown, None)
     key = _library_key(argv, deadline)
     if isinstance(key, _Failure):
-        return LoadResult(None, f"compiling with {shown} failed: {key}", None)
+        return LoadResult(None, f"compiling with {shown} {key}", None)
     dir_fd, directory, why_not = _open_cache()
+    notes = [] if dir_fd is not None else [f"cache not used: {why_not}"]
     try:
-        notes: list[str] = []
         if dir_fd is not None:
             found = _find_cached(dir_fd, key, notes)
             if found is not None:
@@ -199,14 +199,14 @@ def _build_and_load() -> LoadResult:
                 return _loaded(data, directory / name, ident, notes)
         built = _compile(argv, deadline)
         if isinstance(built, _Failure):
-            return LoadResult(None, f"compiling with {shown} {built}", None)
+            return LoadResult(None, _with_notes(f"compiling with {shown} {built}", notes), None)
         if dir_fd is None:
-            return _loaded(built, None, None, [f"built for this process only; cache not used: {why_not}"])
+            return _loaded(built, None, None, ["built for this process only", *notes])
         name = f"{_PREFIX}{key}-{hashlib.sha256(built).hexdigest()}.so"
         try:
             ident = _publish(dir_fd, name, built)
         except OSError as exc:
-            return _loaded(built, None, None, [f"built for this process only; could not write {directory}: {exc}"])
+            return _loaded(built, None, None, ["built for this process only", f"could not write {directory}: {exc}"])
         return _loaded(built, directory / name, ident, notes)
     finally:
         if dir_fd is not None:
@@ -218,12 +218,13 @@ def _loaded(data: bytes, path: Path | None, ident: tuple[int, int] | None, notes
     try:
         lib, note = _dlopen(data, path, ident)
     except (OSError, _RefusedError) as exc:
-        return LoadResult(None, f"loading failed: {type(exc).__name__}: {exc}", None)
+        return LoadResult(None, _with_notes(f"loading failed: {type(exc).__name__}: {exc}", notes), None)
     notes = [*notes, note] if note else notes
-    if path is None:
-        return LoadResult(lib, f"in use ({'; '.join(notes)})", None)
-    suffix = f" ({'; '.join(notes)})" if notes else ""
-    return LoadResult(lib, f"in use: {path}{suffix}", path)
+    return LoadResult(lib, _with_notes("in use" if path is None else f"in use: {path}", notes), path)
+
+
+def _with_notes(status: str, notes: list[str]) -> str:
+    return f"{status} ({'; '.join(notes)})" if notes else status
 
 
 # --- compiler and key ------------------------------------------------------------------------------
