@@ -17,6 +17,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -518,3 +519,21 @@ def test_unwritable_cache_still_loads_what_was_built(built, tmp_path, monkeypatc
         result.status
         == f"in use (built for this process only; could not write {cache}: [Errno 28] No space left on device)"
     )
+
+
+@needs_cc
+def test_refused_user_cache_falls_back_to_the_temp_directory_and_says_so(built, tmp_path, monkeypatch):
+    _isolated_env(monkeypatch, tmp_path, XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    monkeypatch.delenv("CONTEXTUAL_LOSS_CACHE_DIR")
+    user = tmp_path / "xdg" / "contextual-loss"
+    user.mkdir(parents=True)
+    user.chmod(0o775)  # e.g. made by another program under umask 002
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    library = _copy_into(built, tmp_path / "tmp" / f"contextual-loss-{os.geteuid()}")
+    result = _build.build_and_load()
+    assert result.path == library
+    assert result.status == (
+        f"in use: {library} (skipped {user}: cache directory {user} is writable by group or others (mode 0775))"
+    )
+    assert list(user.iterdir()) == []

@@ -189,10 +189,13 @@ def _build_and_load() -> LoadResult:
     key = _library_key(argv, deadline)
     if isinstance(key, _Failure):
         return LoadResult(None, f"compiling with {shown} {key}", None)
-    dir_fd, directory, why_not = _open_cache()
-    notes = [] if dir_fd is not None else [f"cache not used: {why_not}"]
+    dir_fd, directory, skipped = _open_cache()
+    if dir_fd is None or directory is None:
+        notes = [f"cache not used: {'; '.join(skipped)}"]
+    else:
+        notes = [f"skipped {reason}" for reason in skipped]
     try:
-        if dir_fd is not None:
+        if dir_fd is not None and directory is not None:
             found = _find_cached(dir_fd, key, notes)
             if found is not None:
                 name, data, ident = found
@@ -200,7 +203,7 @@ def _build_and_load() -> LoadResult:
         built = _compile(argv, deadline)
         if isinstance(built, _Failure):
             return LoadResult(None, _with_notes(f"compiling with {shown} {built}", notes), None)
-        if dir_fd is None:
+        if dir_fd is None or directory is None:
             return _loaded(built, None, None, ["built for this process only", *notes])
         name = f"{_PREFIX}{key}-{hashlib.sha256(built).hexdigest()}.so"
         try:
@@ -277,13 +280,15 @@ def _run(cmd: list[str], deadline: float) -> tuple[int, str] | _Failure:
         return _Failure(f"could not run {cmd[0]}: {type(exc).__name__}: {exc}")
     try:
         out, _ = proc.communicate(timeout=remaining)
-    except subprocess.TimeoutExpired:
+    except BaseException as exc:  # the time is up, or an interrupt: no compiler may outlive the build
         with contextlib.suppress(OSError):
             os.killpg(proc.pid, signal.SIGKILL)  # the driver's children (cc1, as, ld) too
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.communicate(timeout=5)
         proc.kill()
         proc.wait()
+        if not isinstance(exc, subprocess.TimeoutExpired):
+            raise
         return _Failure(f"gave up: the build took more than {_timeout():g} s")
     return proc.returncode, out.decode(errors="replace")
 
@@ -322,7 +327,11 @@ def _library_key(argv: list[str], deadline: float) -> str | _Failure:
 def _compile(argv: list[str], deadline: float) -> bytes | _Failure:
     """Compile the kernels in a private temporary directory; the library's bytes, or why not."""
     failure = _Failure("failed: no flag set tried")
-    with tempfile.TemporaryDirectory(prefix="contextual-loss-build-") as tmp:
+    try:
+        workspace = tempfile.TemporaryDirectory(prefix="contextual-loss-build-")
+    except OSError as exc:
+        return _Failure(f"failed: no temporary directory to build in: {exc}")
+    with workspace as tmp:
         out = Path(tmp) / "strip_kernels.so"
         for flags in FLAG_SETS:
             cmd = [*argv, *flags, *COMMON_FLAGS, str(SOURCE_DIR / SOURCES[0]), "-o", str(out), "-lm"]
@@ -347,31 +356,35 @@ def cache_candidates() -> list[Path]:
     explicit = os.environ.get("CONTEXTUAL_LOSS_CACHE_DIR")
     if explicit:
         return [Path(explicit)]
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    user = (Path(xdg) if xdg else Path.home() / ".cache") / "contextual-loss"
     # A read-only or missing home (containers, sandboxes): a per-user directory under the temp dir.
-    return [user, Path(tempfile.gettempdir()) / f"contextual-loss-{os.geteuid()}"]
+    temp = Path(tempfile.gettempdir()) / f"contextual-loss-{os.geteuid()}"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    try:
+        user = (Path(xdg) if xdg else Path.home() / ".cache") / "contextual-loss"
+    except (RuntimeError, KeyError):  # no home directory at all
+        return [temp]
+    return [user, temp]
 
 
 def cache_directory() -> Path | None:
     """The cache directory the kernels use (created if missing), or None if none is safe to use."""
     fd, path, _ = _open_cache()
-    if fd is None:
+    if fd is None or path is None:
         return None
     os.close(fd)
     return path
 
 
-def _open_cache() -> tuple[int | None, Path, str]:
-    """A descriptor of the first usable cache directory and its path, or None and why none is."""
+def _open_cache() -> tuple[int | None, Path | None, list[str]]:
+    """A descriptor of the first usable cache directory and its real path (or None), and why others were not."""
     reasons = []
     for path in cache_candidates():
         try:
             real = Path(os.path.realpath(path))
-            return open_private_dir(real, whole_path=not _USE_MEMFD), real, ""
+            return open_private_dir(real, whole_path=not _USE_MEMFD), real, reasons
         except (OSError, _RefusedError) as exc:
             reasons.append(f"{path}: {exc}")
-    return None, Path(), "; ".join(reasons)
+    return None, None, reasons
 
 
 def open_private_dir(path: Path, *, whole_path: bool = False) -> int:
