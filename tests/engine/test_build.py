@@ -452,7 +452,7 @@ def test_disabled_by_the_environment(name, value, tmp_path, monkeypatch):
 
 @needs_linux
 def test_missing_directories_are_created_private(tmp_path):
-    fd = _build.open_private_dir(tmp_path / "a" / "b")
+    fd = _build._open_private_dir(tmp_path / "a" / "b")
     os.close(fd)
     for path in (tmp_path / "a", tmp_path / "a" / "b"):
         assert path.stat().st_mode & 0o777 == 0o700
@@ -463,12 +463,12 @@ def test_whole_path_check_refuses_a_parent_others_can_write(tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o775)
-    fd = _build.open_private_dir(shared / "cache")  # where the load uses a sealed copy: only the directory counts
+    fd = _build._open_private_dir(shared / "cache")  # where the load uses a sealed copy: only the directory counts
     os.close(fd)
     with pytest.raises(_build._RefusedError, match="shared is writable by group or others"):
-        _build.open_private_dir(shared / "cache", whole_path=True)
+        _build._open_private_dir(shared / "cache", whole_path=True)
     shared.chmod(0o1777)  # sticky, like /tmp: others cannot replace what is ours
-    os.close(_build.open_private_dir(shared / "cache", whole_path=True))
+    os.close(_build._open_private_dir(shared / "cache", whole_path=True))
 
 
 @needs_cc
@@ -498,6 +498,11 @@ def test_loading_by_path_where_memfd_is_unusable(built, tmp_path, monkeypatch):
     result = _build.build_and_load()
     assert result.status == f"in use: {library} (memfd unusable (simulated: no executable memfd), loaded by path)"
     assert result.lib._name == str(library) and result.lib.cl_abi_version() == 2
+    tmp_path.chmod(0o775)  # loading by path needs every parent safe from other users
+    result = _build.build_and_load()
+    assert result.lib is None
+    assert result.status == f"loading failed: _RefusedError: {tmp_path} is writable by group or others (mode 0775)"
+    tmp_path.chmod(0o755)
     monkeypatch.setattr(_build, "_USE_MEMFD", False)  # other systems: no memfd at all, the whole path checked
     result = _build.build_and_load()
     assert result.status == f"in use: {library}" and result.lib._name == str(library)

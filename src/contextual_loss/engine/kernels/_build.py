@@ -62,7 +62,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["LoadResult", "NativeKernelsWarning", "build_and_load", "load_library", "warn_fallback"]
+__all__ = ["LoadResult", "NativeKernelsWarning", "build_and_load", "cache_directory", "load_library", "warn_fallback"]
 
 SOURCE_DIR = Path(__file__).with_name("_native")
 SOURCES = ("strip_kernels.c", "strip_kernels_body.h")
@@ -351,7 +351,7 @@ _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLL
 _FILE_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
-def cache_candidates() -> list[Path]:
+def _cache_candidates() -> list[Path]:
     """Cache directories in the order tried: the explicit one, else the user's cache, then a temp dir."""
     explicit = os.environ.get("CONTEXTUAL_LOSS_CACHE_DIR")
     if explicit:
@@ -378,16 +378,16 @@ def cache_directory() -> Path | None:
 def _open_cache() -> tuple[int | None, Path | None, list[str]]:
     """A descriptor of the first usable cache directory and its real path (or None), and why others were not."""
     reasons = []
-    for path in cache_candidates():
+    for path in _cache_candidates():
         try:
             real = Path(os.path.realpath(path))
-            return open_private_dir(real, whole_path=not _USE_MEMFD), real, reasons
+            return _open_private_dir(real, whole_path=not _USE_MEMFD), real, reasons
         except (OSError, _RefusedError) as exc:
             reasons.append(f"{path}: {exc}")
     return None, None, reasons
 
 
-def open_private_dir(path: Path, *, whole_path: bool = False) -> int:
+def _open_private_dir(path: Path, *, whole_path: bool = False) -> int:
     """Open directory ``path`` (creating missing components 0700) without following symbolic links.
 
     Symbolic links are resolved once, then the real path is walked from ``/`` with ``O_NOFOLLOW``,
@@ -452,7 +452,7 @@ def _find_cached(dir_fd: int, key: str, notes: list[str]) -> tuple[str, bytes, t
         if not (name.startswith(prefix) and name.endswith(".so") and re.fullmatch(r"[0-9a-f]{64}", digest)):
             continue
         try:
-            data, ident = read_verified(dir_fd, name, digest)
+            data, ident = _read_verified(dir_fd, name, digest)
         except (OSError, _RefusedError) as exc:
             notes.append(f"removed {name}: {exc}")
             with contextlib.suppress(OSError):
@@ -462,7 +462,7 @@ def _find_cached(dir_fd: int, key: str, notes: list[str]) -> tuple[str, bytes, t
     return None
 
 
-def read_verified(dir_fd: int, name: str, digest: str) -> tuple[bytes, tuple[int, int]]:
+def _read_verified(dir_fd: int, name: str, digest: str) -> tuple[bytes, tuple[int, int]]:
     """The bytes of file ``name`` if it is the user's own regular file and hashes to ``digest``.
 
     The file is opened once (``O_NOFOLLOW``); the checks (``fstat``) and the hash are of that
@@ -534,8 +534,10 @@ def _dlopen(data: bytes, path: Path | None, ident: tuple[int, int] | None) -> tu
             note = f"memfd unusable ({exc}), loaded by path"
     if path is None or ident is None:
         raise _RefusedError("no cache file to load from, and no memfd on this system")
-    # Loading by path: the whole path was checked when the directory was opened (no other user can
-    # change any component); the file's identity is compared with the verified one after the load.
+    # Loading by path: no component of the path may be changeable by another user (checked here,
+    # whatever was checked when the directory was opened), and the file's identity is compared
+    # with the verified one after the load.
+    os.close(_open_private_dir(path.parent, whole_path=True))
     lib = ctypes.CDLL(str(path))
     st = os.stat(path, follow_symlinks=False)
     if (st.st_dev, st.st_ino) != ident:
