@@ -305,10 +305,10 @@ def _cpu_signature() -> str:
     """The CPU's model and feature flags: -march=native code must not be shared across CPUs."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
+    except OSError:  # not Linux: platform.processor() (which runs `uname -p` there) is all we have
+        return f"{platform.machine()}\n{platform.processor()}"
     keep = [line for line in lines if line.startswith(("model name", "flags", "Features"))][:2]
-    return "\n".join([platform.machine(), platform.processor(), *keep])
+    return "\n".join([platform.machine(), *keep])
 
 
 def _library_key(argv: list[str], deadline: float) -> str | _Failure:
