@@ -148,13 +148,14 @@ def warn_fallback(reason: str) -> None:
             return
         _warned = True
     if reason.startswith("in use"):
-        what = "are rebuilt in every process"
+        what = "are rebuilt in every process, as no safe cache directory could be used"
+        remedy = "point CONTEXTUAL_LOSS_CACHE_DIR at a directory only you can write"
     else:
-        what = "are not used; the engine runs its eager PyTorch passes (same results, slower)"
+        what = "are not used: the engine runs its eager PyTorch passes (same results, slower)"
+        remedy = "set CONTEXTUAL_LOSS_KERNELS=eager to choose the eager passes without this warning"
     warnings.warn(
-        f"contextual-loss: the native CPU strip kernels {what}: {reason}. "
-        "Check with contextual_loss.engine.kernels.status(); set CONTEXTUAL_LOSS_KERNELS=eager to "
-        "choose the eager passes without this warning.",
+        f"contextual-loss: the native CPU strip kernels {what}. Why: {reason}. "
+        f"Check with contextual_loss.engine.kernels.status(); {remedy}.",
         NativeKernelsWarning,
         stacklevel=3,
     )
