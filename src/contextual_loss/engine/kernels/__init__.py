@@ -18,6 +18,8 @@ Forcing one: the environment variable ``CONTEXTUAL_LOSS_KERNELS=auto|eager|nativ
 variable). A forced implementation that cannot run (``native`` on a CUDA tensor, ``triton``
 without Triton, ...) raises :class:`KernelsUnavailableError` instead of falling back.
 ``CONTEXTUAL_LOSS_NATIVE=0`` makes ``native`` unavailable, so ``auto`` takes ``eager`` on CPU.
+When ``auto`` wanted the native kernels and they cannot be built or loaded, the engine warns once
+per process (:class:`NativeKernelsWarning`, with the reason) and runs ``eager``.
 
 Under ``torch.compile`` and ``torch.export`` the request (the variable or ``use``) is read when
 the function is traced and kept in the graph; the implementation for the tensors' device is
@@ -35,6 +37,7 @@ from collections.abc import Iterator
 import torch
 
 from contextual_loss.engine.kernels import native as _native
+from contextual_loss.engine.kernels._build import NativeKernelsWarning
 from contextual_loss.engine.kernels.base import ColumnMax, RowStats, StripKernels
 from contextual_loss.engine.kernels.eager import EagerKernels
 
@@ -44,6 +47,7 @@ __all__ = [
     "IMPLEMENTATIONS",
     "ColumnMax",
     "KernelsUnavailableError",
+    "NativeKernelsWarning",
     "RowStats",
     "StripKernels",
     "availability",

@@ -70,8 +70,10 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     """The checked library (built on first use) and its one-line status; cached per process."""
     with _lock:
         if not _loaded:
-            result = _build.load_library()
+            result = _build.load_library()  # warns once per process when the kernels cannot be used
             why = None if result.lib is None else _check(result.lib)
+            if why is not None:
+                _build.warn_fallback(f"{why} ({result.path})")
             _loaded.append((result.lib, result.status) if why is None else (None, f"{why} ({result.path})"))
         return _loaded[0]
 
