@@ -39,8 +39,10 @@ eps and h for float64 strips.
 
 Kernels are compiled on first use (``triton.jit``), in the mode Triton's ``TRITON_INTERPRET``
 asks for at that moment: with ``TRITON_INTERPRET=1`` they run under Triton's interpreter, also on
-CPU tensors (slowly: for tests). Without Triton this module still imports; :func:`availability`
-then says why the kernels cannot run.
+CPU tensors (slowly: for tests). The variable must be set before the process imports Triton
+(whose own language functions are wrapped at import); :func:`availability` says when it was not.
+Without Triton this module still imports; :func:`availability` then says why the kernels cannot
+run.
 """
 
 import contextlib
@@ -141,7 +143,7 @@ def _row_stats_kernel(
         x = tl.load(u_ptr + start[:, None] + cols[None, :], mask=ok, other=0.0)
         t = (x - run_max[:, None]) * scale[:, None]
         keep = ok & (t >= low) & (cols[None, :] != run_idx[:, None])
-        acc += tl.where(keep, tl.exp(t), 0.0)
+        acc += tl.where(keep, tl.exp(tl.where(keep, t, 0.0)), 0.0)  # (no exp of the padding's values)
     tl.store(umax_ptr + rows, run_max, mask=row_ok)
     tl.store(argmin_ptr + rows, run_idx.to(tl.int64), mask=row_ok)
     tl.store(scale_ptr + rows, scale, mask=row_ok)
@@ -283,6 +285,7 @@ def _backward_rows_kernel(
         at_k = cols[None, :] == k[:, None]
         # t = 0 exactly at k(i), as in the forward pass (a recomputed GEMM may round differently).
         a = tl.where(at_k, -L[:, None], (x - mx[:, None]) * s[:, None] - L[:, None])
+        a = tl.where(ok, a, 0.0)  # the padding's values: finite, no overflowing exp
         p = tl.where(a < low, 0.0, tl.exp(a))
         acc += tl.where(ok & (p > 0.0), a * p, 0.0)
         tl.store(ptr, p, mask=ok & (cols[None, :] != k[:, None]))  # k(i) is written once, below
@@ -372,16 +375,32 @@ def availability(device: torch.device | str, dtype: torch.dtype | None = None) -
         return f"the Triton strip kernels compute in float32 or float64, not {dtype}"
     device = torch.device(device)
     if device.type == "cpu":
-        if _interpret_requested():
-            return None
-        return "Triton runs CPU tensors only under its interpreter: set TRITON_INTERPRET=1 (slow; for tests)"
+        return _interpreter_reason()
     if device.type != "cuda":
         return f"the Triton strip kernels run on CUDA devices (or CPU under TRITON_INTERPRET=1), not {device.type}"
     if not torch.cuda.is_available():
         return "CUDA is not available to torch"
     if _interpret_requested():
-        return None
+        return _interpreter_reason()
     return _cuda_reason(device if device.index is not None else torch.device("cuda", torch.cuda.current_device()))
+
+
+def _interpreter_reason() -> str | None:
+    """``None`` when Triton's interpreter can run the kernels in this process, else why not.
+
+    ``triton.language``'s own functions (``tl.max``, ``tl.sum``, ``tl.zeros``...) are wrapped by
+    ``triton.jit`` when Triton is imported: the interpreter works only if ``TRITON_INTERPRET=1``
+    was set before that import (for the whole process), not merely before the first launch.
+    """
+    if not _interpret_requested():
+        return "Triton runs CPU tensors only under its interpreter: set TRITON_INTERPRET=1 before importing (slow)"
+    standard = getattr(tl, "standard", None)
+    if isinstance(getattr(standard, "max", None), triton.JITFunction):
+        return (
+            "TRITON_INTERPRET=1 was set after Triton was imported, whose own functions are then compiled, not "
+            "interpreted: set it in the environment before the process imports triton"
+        )
+    return None
 
 
 @lru_cache(maxsize=16)
