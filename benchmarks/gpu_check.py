@@ -47,7 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 GIB = 2.0**30
-#: Float32 B x N x M matrices the dense engine keeps for its backward (measured: 7.8 GiB at S = 128, B = 1, CPU).
+#: Float32 B x N x M matrices the dense engine keeps for its backward (7.8 GiB at S = 128, B = 1 on CPU), used
+#: to skip dense points that cannot fit when the engine does not state its own count (``DENSE_MATRICES``).
 DENSE_MATRICES = 8
 ENGINES = ("dense", "streaming-eager", "streaming-triton")
 
@@ -379,11 +380,14 @@ def _dense_fits(point: Point, device) -> str | None:
 
     if device.type != "cuda":
         return None
+    from contextual_loss import engine
+
     n = point.size**2
-    need = DENSE_MATRICES * 4 * point.batch * n * n
+    matrices = getattr(engine, "DENSE_MATRICES", DENSE_MATRICES)  # the engine's own count where it has one
+    need = matrices * 4 * point.batch * n * n
     total = torch.cuda.get_device_properties(device).total_memory
     if need > 0.8 * total:
-        return f"needs ~{need / GIB:.0f} GiB ({DENSE_MATRICES} float32 B x N x M matrices) of {total / GIB:.0f} GiB"
+        return f"needs ~{need / GIB:.0f} GiB ({matrices} float32 B x N x M matrices) of {total / GIB:.0f} GiB"
     return None
 
 

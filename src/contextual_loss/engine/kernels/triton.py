@@ -1,8 +1,9 @@
 """Triton strip kernels: the streaming engine's per-strip work in a few fused passes, for CUDA.
 
 :class:`TritonKernels` implements :class:`~contextual_loss.engine.kernels.base.StripKernels` (the
-maths is in that module) with four Triton kernels per strip; the engine's GEMM (cuBLAS, or
-``cdist`` for L1) still writes the affinities u of the strip to memory first.
+maths is in that module) with six Triton kernels, two or three launched per strip in each pass;
+the engine's GEMM (cuBLAS, or ``cdist`` for L1) still writes the affinities u of the strip to
+memory first. The design and what is tested where are in ``docs/gpu.md``.
 
 Forward, ``u`` (R, M) read three times instead of the eager path's ten or so passes:
 
@@ -15,7 +16,8 @@ Forward, ``u`` (R, M) read three times instead of the eager path's ten or so pas
    s_i itself depends on the maximum, so the exponent's slope changes with it. Per-lane partial
    sums are kept in a tile and reduced once at the end. The row's sum z goes to ``log_norm`` and
    ``log1p`` is then taken by PyTorch (one tiny op on R numbers), so L is bit-identical to the
-   eager reference's given the same z, whatever precision Triton's ``log`` has on a device.
+   eager reference's given the same z (Triton's core language has no ``log1p``, and log(1 + z)
+   would lose tiny sums).
 2. Either **write a** (:func:`_write_a_kernel`, 2-D tiles): u := (u - umax) s - L; or the
    **column pass** (:func:`_column_partial_kernel`, a grid of column blocks x row groups): each
    program reduces its rows of a ``BLOCK_M``-column block to the maximum of a and its first row
@@ -45,6 +47,8 @@ Without Triton this module still imports; :func:`availability` then says why the
 run.
 """
 
+# (No ``from __future__ import annotations``: the kernels' ``tl.constexpr`` annotations must be
+# objects, which Triton's interpreter requires to recognise compile-time arguments.)
 import contextlib
 import os
 import struct
@@ -441,6 +445,7 @@ def _warps(elements: int) -> int:
     return 8 if elements >= 4096 else 4
 
 
+@lru_cache(maxsize=64)
 def _bits(value: float, dtype: torch.dtype) -> int:
     """The bit pattern of ``value`` rounded to ``dtype``, as a signed integer (bit-cast back in the kernels)."""
     if dtype == torch.float64:
@@ -468,6 +473,33 @@ class _ColumnTiles:
     @property
     def warps(self) -> int:
         return _warps(self.block_rc * self.block_m)
+
+
+@lru_cache(maxsize=256)
+def _plan_rows(rows: int, cols: int, device: torch.device, max_block_cols: int, tile: int) -> _RowTiles:
+    """Blocks of the row passes: BLOCK_N <= max_block_cols columns, BLOCK_R rows, enough programs."""
+    block_n = min(_pow2(cols), max_block_cols)
+    block_r = max(1, min(tile // block_n, _pow2(rows)))
+    target = _target_programs(device)
+    while block_r > 1 and _cdiv(rows, block_r) < target:  # narrow rows: keep enough programs
+        block_r //= 2
+    return _RowTiles(block_r, block_n)
+
+
+@lru_cache(maxsize=256)
+def _plan_columns(
+    rows: int, cols: int, device: torch.device, tile: int, column_width: int, groups: int | None
+) -> _ColumnTiles:
+    """Blocks and row groups of the column pass: about _target_programs programs in all (or ``groups`` groups)."""
+    block_m = min(_pow2(cols), column_width)
+    block_rc = max(1, min(tile // block_m, _pow2(rows)))
+    if groups is not None:
+        per_group = _cdiv(rows, min(groups, rows))
+    else:
+        column_blocks = _cdiv(cols, block_m)
+        wanted = max(1, min(_cdiv(_target_programs(device), column_blocks), _cdiv(rows, block_rc)))
+        per_group = _cdiv(_cdiv(rows, wanted), block_rc) * block_rc  # whole tiles per group
+    return _ColumnTiles(block_rc, block_m, _cdiv(rows, per_group), per_group)
 
 
 # ----------------------------------------------------------------------------- the implementation
@@ -529,23 +561,10 @@ class TritonKernels:
     # -- planning
 
     def _row_tiles(self, rows: int, cols: int, device: torch.device) -> _RowTiles:
-        block_n = min(_pow2(cols), self.max_block_cols)
-        block_r = max(1, min(self.tile // block_n, _pow2(rows)))
-        target = _target_programs(device)
-        while block_r > 1 and _cdiv(rows, block_r) < target:  # narrow rows: keep enough programs
-            block_r //= 2
-        return _RowTiles(block_r, block_n)
+        return _plan_rows(rows, cols, device, self.max_block_cols, self.tile)
 
     def _column_tiles(self, rows: int, cols: int, device: torch.device) -> _ColumnTiles:
-        block_m = min(_pow2(cols), self.column_width)
-        block_rc = max(1, min(self.tile // block_m, _pow2(rows)))
-        if self.groups is not None:
-            per_group = _cdiv(rows, min(self.groups, rows))
-        else:
-            column_blocks = _cdiv(cols, block_m)
-            wanted = max(1, min(_cdiv(_target_programs(device), column_blocks), _cdiv(rows, block_rc)))
-            per_group = _cdiv(_cdiv(rows, wanted), block_rc) * block_rc  # whole tiles per group
-        return _ColumnTiles(block_rc, block_m, _cdiv(rows, per_group), per_group)
+        return _plan_columns(rows, cols, device, self.tile, self.column_width, self.groups)
 
     # -- the interface
 
