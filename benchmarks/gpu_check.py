@@ -67,6 +67,7 @@ class Config:
     kernel_shapes: tuple[tuple[int, int], ...]
     engine_check: tuple[int, int, int]  # B, S, C of the engine exactness check
     priority: tuple[tuple[int, int, int], ...] = ()  # (S, C, B) measured first
+    cap: float = 8.0  # seconds of timed calls per measurement, after which fewer repeats are taken
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -76,7 +77,7 @@ def _config(args: argparse.Namespace) -> Config:
     targets = ((128, 256, 8), (256, 256, 1))
     if args.quick:
         return Config("cuda", (32, 64, 128, 256), (256,), (1, 8), 3, args.budget or 60.0, 8192, 16, 128, shapes,
-                      (2, 12, 32), targets)  # fmt: skip
+                      (2, 12, 32), targets, cap=3.0)  # fmt: skip
     return Config("cuda", (32, 64, 128, 256), (64, 256), (1, 8), 5, args.budget or 220.0, 8192, 16, 128, shapes,
                   (2, 12, 32), targets)  # fmt: skip
 
@@ -249,8 +250,7 @@ def check_kernels(cfg: Config, device, report: Report) -> None:
     """The Triton strip kernels against the eager reference on this device."""
     import torch
 
-    from contextual_loss.engine.kernels.eager import EagerKernels
-    from contextual_loss.engine.kernels.triton import TritonKernels, availability
+    from contextual_loss.engine.kernels.triton import availability
 
     rows: list[list[str]] = []
     why = availability(device)
@@ -261,38 +261,50 @@ def check_kernels(cfg: Config, device, report: Report) -> None:
     shapes = [(dtype, n, m) for dtype in (torch.float32,) for n, m in cfg.kernel_shapes]
     shapes.append((torch.float64, *cfg.kernel_shapes[-1]))
     for dtype, n, m in shapes:
-        tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
-        u, base = _strip(n, m, dtype, device, seed=n + m)
-        (es, eb, ei, ea), (ts, tb, ti, ta) = _forward_pair(u, base, dtype, device)
-        name = f"forward {str(dtype).removeprefix('torch.')} {n}x{m}"
-        same = all(torch.equal(getattr(es, f), getattr(ts, f)) for f in ("umax", "argmin", "clamped"))
-        close = all(torch.allclose(x, y, **tol) for x, y in ((es.scale, ts.scale), (es.log_norm, ts.log_norm),
-                                                              (eb, tb), (ea, ta)))  # fmt: skip
-        differ = (ei != ti).nonzero().squeeze(1)
-        # A different row is right only where the two rows' a are equal up to rounding.
-        gaps = (ea[ei[differ] - 7, differ] - ea[ti[differ] - 7, differ]).abs() if differ.numel() else ea.new_zeros(0)
-        ties_ok = bool((gaps <= tol["atol"] + tol["rtol"] * eb[differ].abs()).all())
-        detail = (
-            f"max |dL| {float((es.log_norm - ts.log_norm).abs().max()):.2e}, rows differ in {differ.numel()} of {m}"
-        )
-        report.check(rows, name, same and close and ties_ok, detail)
-        # Backward on the same strip, every column owned by some row.
-        gen = torch.Generator().manual_seed(n * m)
-        owner = torch.sort(torch.randint(0, n, (m,), generator=gen)).values.to(device)
-        cols = torch.randperm(m, generator=gen).to(device)
-        args = {"gamma_base": torch.randn(n, generator=gen, dtype=torch.float64).to(device, dtype), "band_width": 0.3,
-                "argmax_rows": owner, "argmax_cols": cols,
-                "argmax_values": torch.randn(m, generator=gen, dtype=torch.float64).to(device, dtype)}  # fmt: skip
-        want, got = u.clone(), u.clone()
-        EagerKernels().backward(want, es, **args)
-        TritonKernels().backward(got, es, **args)
-        err = float((want - got).abs().max())
-        report.check(
-            rows, name.replace("forward", "backward"), bool(torch.allclose(got, want, **tol)), f"max |dG| {err:.2e}"
-        )
+        try:
+            _kernel_case(n, m, dtype, device, rows, report)
+        except Exception as exc:
+            report.check(rows, f"{str(dtype).removeprefix('torch.')} {n}x{m}", False,
+                         f"ERROR {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")  # fmt: skip
     _sync(device)
     report.add("## Exactness: Triton strip kernels vs the eager reference (this device)", "")
     report.table(["check", "result", "detail"], rows)
+
+
+def _kernel_case(n: int, m: int, dtype, device, rows: list[list[str]], report: Report) -> None:
+    """Forward and backward of the Triton kernels against the eager reference on one random strip."""
+    import torch
+
+    from contextual_loss.engine.kernels.eager import EagerKernels
+    from contextual_loss.engine.kernels.triton import TritonKernels
+
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    u, base = _strip(n, m, dtype, device, seed=n + m)
+    (es, eb, ei, ea), (ts, tb, ti, ta) = _forward_pair(u, base, dtype, device)
+    name = f"forward {str(dtype).removeprefix('torch.')} {n}x{m}"
+    same = all(torch.equal(getattr(es, f), getattr(ts, f)) for f in ("umax", "argmin", "clamped"))
+    close = all(torch.allclose(x, y, **tol) for x, y in ((es.scale, ts.scale), (es.log_norm, ts.log_norm),
+                                                          (eb, tb), (ea, ta)))  # fmt: skip
+    differ = (ei != ti).nonzero().squeeze(1)
+    # A different row is right only where the two rows' a are equal up to rounding.
+    gaps = (ea[ei[differ] - 7, differ] - ea[ti[differ] - 7, differ]).abs() if differ.numel() else ea.new_zeros(0)
+    ties_ok = bool((gaps <= tol["atol"] + tol["rtol"] * eb[differ].abs()).all())
+    detail = f"max |dL| {float((es.log_norm - ts.log_norm).abs().max()):.2e}, rows differ in {differ.numel()} of {m}"
+    report.check(rows, name, same and close and ties_ok, detail)
+    # Backward on the same strip, every column owned by some row.
+    gen = torch.Generator().manual_seed(n * m)
+    owner = torch.sort(torch.randint(0, n, (m,), generator=gen)).values.to(device)
+    cols = torch.randperm(m, generator=gen).to(device)
+    args = {"gamma_base": torch.randn(n, generator=gen, dtype=torch.float64).to(device, dtype), "band_width": 0.3,
+            "argmax_rows": owner, "argmax_cols": cols,
+            "argmax_values": torch.randn(m, generator=gen, dtype=torch.float64).to(device, dtype)}  # fmt: skip
+    want, got = u.clone(), u.clone()
+    EagerKernels().backward(want, es, **args)
+    TritonKernels().backward(got, es, **args)
+    err = float((want - got).abs().max())
+    report.check(
+        rows, name.replace("forward", "backward"), bool(torch.allclose(got, want, **tol)), f"max |dG| {err:.2e}"
+    )
 
 
 def _engine_run(x, y, engine: str, kernels_name: str | None, device, cobi: str | None, loss_type: str):
@@ -317,6 +329,27 @@ def _engine_run(x, y, engine: str, kernels_name: str | None, device, cobi: str |
     return loss.detach(), dx, match.index
 
 
+def _engine_case(b: int, s: int, c: int, loss_type: str, cobi: str | None, dtype, device, gen) -> tuple[bool, str]:
+    """One streaming-triton vs dense comparison: (ok, detail)."""
+    import torch
+
+    x = torch.randn(b, c, s, s + 1, generator=gen, dtype=torch.float64).to(device, dtype)
+    y = torch.randn(b, c, s + 2, s, generator=gen, dtype=torch.float64).to(device, dtype)
+    y[:, :, 0, : s // 2] = x[:, :, 1, : s // 2]  # exact duplicates: distance-0 matches
+    want = _engine_run(x, y, "dense", None, device, cobi, loss_type)
+    got = _engine_run(x, y, "streaming", "triton", device, cobi, loss_type)
+    f64 = dtype == torch.float64
+    loss_ok = torch.allclose(got[0], want[0], rtol=1e-9 if f64 else 1e-4, atol=1e-9 if f64 else 1e-5)
+    grad_err = float((got[1] - want[1]).abs().max()) / max(float(want[1].abs().max()), 1e-30)
+    same = float((got[2] == want[2]).double().mean())
+    ok = bool(loss_ok) and grad_err <= (1e-7 if f64 else 1e-3) and (same == 1.0 or not f64)
+    detail = (
+        f"loss {float(got[0]):.6g} vs {float(want[0]):.6g}; max grad err / max grad {grad_err:.1e}; "
+        f"matches equal {100 * same:.2f}%"
+    )
+    return ok, detail
+
+
 def check_engine(cfg: Config, device, report: Report) -> None:
     """The streaming engine forced onto the Triton kernels against the dense engine."""
     import torch
@@ -339,20 +372,11 @@ def check_engine(cfg: Config, device, report: Report) -> None:
         ("cosine", None, torch.float32),
     ]
     for loss_type, cobi, dtype in cases:
-        x = torch.randn(b, c, s, s + 1, generator=gen, dtype=torch.float64).to(device, dtype)
-        y = torch.randn(b, c, s + 2, s, generator=gen, dtype=torch.float64).to(device, dtype)
-        y[:, :, 0, : s // 2] = x[:, :, 1, : s // 2]  # exact duplicates: distance-0 matches
-        want = _engine_run(x, y, "dense", None, device, cobi, loss_type)
-        got = _engine_run(x, y, "streaming", "triton", device, cobi, loss_type)
-        f64 = dtype == torch.float64
-        loss_ok = torch.allclose(got[0], want[0], rtol=1e-9 if f64 else 1e-4, atol=1e-9 if f64 else 1e-5)
-        scale = float(want[1].abs().max())
-        grad_err = float((got[1] - want[1]).abs().max()) / max(scale, 1e-30)
-        same = float((got[2] == want[2]).double().mean())
-        ok = loss_ok and grad_err <= (1e-7 if f64 else 1e-3) and (same == 1.0 or not f64)
         name = f"{'CX' if cobi is None else 'CoBi ' + cobi} {loss_type} {str(dtype).removeprefix('torch.')}"
-        detail = f"loss {float(got[0]):.6g} vs {float(want[0]):.6g}; max grad err / max grad {grad_err:.1e}; " \
-                 f"matches equal {100 * same:.2f}%"  # fmt: skip
+        try:
+            ok, detail = _engine_case(b, s, c, loss_type, cobi, dtype, device, gen)
+        except Exception as exc:
+            ok, detail = False, f"ERROR {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
         report.check(rows, name, ok, detail)
     report.add("## Exactness: streaming engine on the Triton kernels vs the dense engine", "")
     report.table(["check", "result", "detail"], rows)
@@ -391,7 +415,7 @@ def _dense_fits(point: Point, device) -> str | None:
     return None
 
 
-def measure(point: Point, device, repeats: int) -> None:
+def measure(point: Point, device, repeats: int, cap: float) -> None:
     """Fill ``point`` with its medians and peak memory (or a note saying why not)."""
     import torch
 
@@ -424,8 +448,8 @@ def measure(point: Point, device, repeats: int) -> None:
         with context:
             forward_backward()  # warm-up: Triton compiles its kernels here
             _sync(device)
-            point.forward, _ = _median_time(forward, device, repeats)
-            point.forward_backward, point.repeats = _median_time(forward_backward, device, repeats)
+            point.forward, _ = _median_time(forward, device, repeats, cap)
+            point.forward_backward, point.repeats = _median_time(forward_backward, device, repeats, cap)
             point.peak = _peak_beyond(forward_backward, device)
     except torch.cuda.OutOfMemoryError:
         point.note = "out of memory"
@@ -466,7 +490,7 @@ def run_table(cfg: Config, device, report: Report, rate: float, deadline: float)
             if time.monotonic() > deadline:
                 point.note = "skipped: time budget spent"
                 continue
-            measure(point, device, cfg.repeats)
+            measure(point, device, cfg.repeats, cfg.cap)
             _release(device)
             report.failures += point.note.startswith("ERROR")
             print(f"  measured S={key[0]} C={key[1]} B={key[2]} {engine}: {_ms(point.forward_backward)} ms "
@@ -541,7 +565,7 @@ def run_vgg(cfg: Config, device, report: Report, deadline: float) -> None:
             with context:
                 step()
                 _sync(device)
-                seconds, runs = _median_time(step, device, max(1, cfg.repeats))
+                seconds, runs = _median_time(step, device, max(1, cfg.repeats), cfg.cap)
                 peak = _peak_beyond(step, device)
             rows.append([label, _ms(seconds), "" if peak is None else f"{peak:.3f}", f"{runs} runs"])
         except torch.cuda.OutOfMemoryError:
