@@ -131,7 +131,7 @@ def availability(name: str, device: torch.device, dtype: torch.dtype) -> str | N
     if name == "native":
         return _native.availability(device, dtype)
     if name == "triton":
-        return _triton().availability(device)
+        return _triton().availability(device, dtype)
     return None
 
 
