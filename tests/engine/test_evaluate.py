@@ -30,18 +30,21 @@ def test_evaluate_and_the_old_entry_points_agree(name):
     kwargs = {"loss_type": "cosine", "band_width": 0.3, "eps": 1e-5, "spatial": spatial}
     assert result.best.grad_fn is None and result.prediction_index.dtype == torch.long
     torch.testing.assert_close(result.log_similarity, torch.logsumexp(result.best, 1) - math.log(30), rtol=0, atol=0)
-    old = engine.match(x, y, engine=name, memory_budget=2000, **kwargs)
+    with pytest.warns(DeprecationWarning, match="evaluate"):
+        old = engine.match(x, y, engine=name, memory_budget=2000, **kwargs)
+        old_value = engine.log_similarity(x, y, engine=name, memory_budget=2000, **kwargs)
+        if name == "dense":
+            twins = engine.dense_log_similarity(x, y, **kwargs), engine.dense_match(x, y, **kwargs)
+        else:
+            twins = (
+                engine.streaming_log_similarity(x, y, memory_budget=2000, **kwargs),
+                engine.streaming_match(x, y, memory_budget=2000, **kwargs),
+            )
     assert torch.equal(old.prediction_index, result.prediction_index)
     assert torch.equal(old.similarity, result.best.exp())
-    assert torch.equal(engine.log_similarity(x, y, engine=name, memory_budget=2000, **kwargs), result.log_similarity)
-    if name == "dense":
-        assert torch.equal(engine.dense_log_similarity(x, y, **kwargs), result.log_similarity)
-        assert torch.equal(engine.dense_match(x, y, **kwargs).prediction_index, result.prediction_index)
-    else:
-        assert torch.equal(engine.streaming_log_similarity(x, y, memory_budget=2000, **kwargs), result.log_similarity)
-        assert torch.equal(
-            engine.streaming_match(x, y, memory_budget=2000, **kwargs).prediction_index, result.prediction_index
-        )
+    assert torch.equal(old_value, result.log_similarity)
+    assert torch.equal(twins[0], result.log_similarity)
+    assert torch.equal(twins[1].prediction_index, result.prediction_index)
 
 
 def test_streaming_progress_counts_the_strips_of_every_image():

@@ -24,6 +24,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from contextual_loss._deprecation import warn_renamed
 from contextual_loss.engine._tracing import constant_under_compile
 from contextual_loss.engine.dense import dense_evaluate, dense_log_cx_matrix, dense_log_similarity, dense_match
 from contextual_loss.engine.streaming import (
@@ -229,7 +230,8 @@ def log_similarity(
     engine: EngineName = "auto",
     memory_budget: int | None = None,
 ) -> Tensor:
-    """Log CX(X, Y) for each image, (B,): ``evaluate(...).log_similarity`` with the options as keywords."""
+    """Deprecated: ``evaluate(x, y, ContextualOptions(...), spatial).log_similarity``."""
+    warn_renamed("contextual_loss.engine.log_similarity", "contextual_loss.engine.evaluate(...).log_similarity")
     return _evaluate(
         x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial, engine=engine,
         memory_budget=memory_budget,
@@ -247,7 +249,8 @@ def match(
     engine: EngineName = "auto",
     memory_budget: int | None = None,
 ) -> ContextualMatch:
-    """Per-target best matches (see :class:`ContextualMatch`) from :func:`evaluate`, options as keywords."""
+    """Deprecated: per-target best matches from :func:`evaluate` as a :class:`ContextualMatch`."""
+    warn_renamed("contextual_loss.engine.match", "contextual_loss.engine.evaluate(...)")
     result = _evaluate(
         x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial, engine=engine,
         memory_budget=memory_budget,

@@ -36,6 +36,7 @@ import math
 import torch
 from torch import Tensor
 
+from contextual_loss._deprecation import warn_renamed
 from contextual_loss.engine import kernels as _kernels
 from contextual_loss.engine._tracing import constant_under_compile
 from contextual_loss.engine.streaming._ops import DoubleBackwardError, streaming_forward
@@ -140,7 +141,8 @@ def streaming_log_similarity(
     spatial: SpatialTerm | None = None,
     memory_budget: int | None = None,
 ) -> Tensor:
-    """Log CX(X, Y) per image, (B,): ``streaming_evaluate(...).log_similarity`` (same arguments)."""
+    """Deprecated: ``streaming_evaluate(...).log_similarity`` (same arguments)."""
+    warn_renamed("contextual_loss.engine.streaming_log_similarity", "streaming_evaluate(...).log_similarity")
     return streaming_evaluate(
         x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial, memory_budget=memory_budget
     ).log_similarity
@@ -156,7 +158,8 @@ def streaming_match(
     spatial: SpatialTerm | None = None,
     memory_budget: int | None = None,
 ) -> ContextualMatch:
-    """Per-target matches i*(j) and max_i CX_ij, with no N x M matrix (arguments of :func:`streaming_evaluate`)."""
+    """Deprecated: per-target matches from :func:`streaming_evaluate` (same arguments) as a :class:`ContextualMatch`."""
+    warn_renamed("contextual_loss.engine.streaming_match", "streaming_evaluate(...)")
     result = streaming_evaluate(
         x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial, memory_budget=memory_budget
     )
