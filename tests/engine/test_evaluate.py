@@ -108,3 +108,34 @@ def test_auto_rule_on_cuda_is_a_memory_model():
 def test_choose_engine_reads_the_device_type():
     x = torch.zeros(1, 300, 3, device="meta")
     assert engine.choose_engine(x, x) == "streaming"  # meta: the CPU threshold
+
+
+@pytest.mark.parametrize(("side", "engine_name", "last"), [(40, "streaming", None), (8, "dense", (1, 1))])
+def test_reporting_block_reaches_evaluations_inside_the_modules(side, engine_name, last):
+    from contextual_loss import ContextualLoss
+
+    seen: list[tuple[int, int]] = []
+    criterion = ContextualLoss(patch_size=3, engine=engine_name)
+    x, y = torch.rand(2, 3, side, side), torch.rand(2, 3, side, side)
+    with engine.reporting(lambda done, total: seen.append((done, total))):
+        criterion(x, y)
+    assert seen and seen[-1][0] == seen[-1][1]
+    assert [done for done, _ in seen] == list(range(1, len(seen) + 1))
+    if last is not None:
+        assert seen == [last]
+    seen.clear()
+    criterion(x, y)  # outside the block: nothing reported
+    assert seen == []
+
+
+def test_reporting_is_local_to_its_thread():
+    import threading
+
+    seen: list[tuple[int, int]] = []
+    x, y = torch.rand(1, 4, 30, 30), torch.rand(1, 4, 30, 30)
+    options = ContextualOptions(engine="streaming")
+    with engine.reporting(lambda done, total: seen.append((done, total))):
+        worker = threading.Thread(target=lambda: engine.evaluate(x.flatten(2).mT, y.flatten(2).mT, options))
+        worker.start()
+        worker.join()
+    assert seen == []

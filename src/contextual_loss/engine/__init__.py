@@ -34,7 +34,7 @@ from contextual_loss.engine.streaming import (
     streaming_match,
     streaming_plan,
 )
-from contextual_loss.engine.streaming._problem import ProgressCallback, compute_dtype, reporting
+from contextual_loss.engine.streaming._problem import ProgressCallback, compute_dtype, report, reporting
 from contextual_loss.engine.strips import DEFAULT_MEMORY_BUDGET, StripPlan
 from contextual_loss.engine.types import ContextualMatch, EngineResult, SpatialTerm
 from contextual_loss.maths import Distance
@@ -62,6 +62,7 @@ __all__ = [
     "evaluate",
     "log_similarity",
     "match",
+    "reporting",
     "streaming_evaluate",
     "streaming_log_similarity",
     "streaming_match",
@@ -166,6 +167,8 @@ def _evaluate(
         result = dense_evaluate(x, y, **kwargs)
         if progress is not None:  # one unit of work
             progress(1, 1)
+        elif not torch.compiler.is_compiling():
+            report(1, 1)  # to the callback of an enclosing reporting() block, if any
         return result
     if progress is None:
         return streaming_evaluate(x, y, memory_budget=memory_budget, **kwargs)
