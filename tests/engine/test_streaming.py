@@ -270,6 +270,34 @@ def test_double_backward_raises_clearly():
     grad.pow(2).sum().backward()
 
 
+@pytest.mark.parametrize("cobi", COBI)
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_auto_engine_differentiates_twice_through_a_dense_recomputation(loss_type, cobi):
+    # Above the dense threshold engine="auto" streams; create_graph=True then recomputes the
+    # gradient densely so that a gradient penalty can be differentiated: same as engine="dense".
+    x, y = _maps(1, 3, (20, 20), (18, 18), seed=21)
+    results = []
+    for name in ("auto", "dense"):
+        xg = x.clone().requires_grad_(True)
+        loss = _loss(xg, y, loss_type, cobi, name).sum()
+        (grad,) = torch.autograd.grad(loss, xg, create_graph=True)
+        (second,) = torch.autograd.grad(grad.square().sum(), xg)
+        results.append((loss.detach(), grad.detach(), second))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-12)
+
+
+def test_first_order_gradients_of_the_auto_engine_stay_streamed():
+    # Without create_graph the streaming backward runs (no dense matrices): same gradient as before.
+    x, y = _maps(1, 3, (20, 20), (18, 18), seed=22)
+    grads = []
+    for name in ("auto", "streaming"):
+        xg = x.clone().requires_grad_(True)
+        CF.contextual_loss(xg, y, engine=name).backward()
+        grads.append(xg.grad)
+    assert torch.equal(*grads)
+
+
 def test_thread_counts_change_gradients_by_rounding_only():
     # The strip kernels are bit-identical for any number of threads (test_native.py); the GEMMs
     # are not (MKL splits them differently), so values and gradients agree to rounding only.

@@ -170,6 +170,8 @@ def _evaluate(
         elif not torch.compiler.is_compiling():
             report(1, 1)  # to the callback of an enclosing reporting() block, if any
         return result
+    # engine="auto" promises the dense engine's abilities: a second differentiation recomputes densely.
+    kwargs["dense_double_backward"] = engine == "auto"
     if progress is None:
         return streaming_evaluate(x, y, memory_budget=memory_budget, **kwargs)
     if torch.compiler.is_compiling():

@@ -97,6 +97,7 @@ def streaming_evaluate(
     eps: float,
     spatial: SpatialTerm | None = None,
     memory_budget: int | None = None,
+    dense_double_backward: bool = False,
 ) -> EngineResult:
     """Log CX per image and the per-target matches of prepared sets, streamed over row strips.
 
@@ -108,6 +109,9 @@ def streaming_evaluate(
         eps: epsilon of the relative distance.
         spatial: CoBi's spatial term, or ``None`` for CX.
         memory_budget: bytes of strip workspace (default 64 MiB); see :func:`streaming_plan`.
+        dense_double_backward: a gradient taken with ``create_graph=True`` is computed from a dense
+            recomputation, so that it can be differentiated again (N x M memory, on those calls
+            only); otherwise differentiating the gradient raises :class:`DoubleBackwardError`.
 
     Returns:
         An :class:`~contextual_loss.engine.types.EngineResult` in float32 (float64 for float64
@@ -125,7 +129,7 @@ def streaming_evaluate(
     keep_rows = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
     best, index, *_ = streaming_forward(
         x, y, pos_x, pos_y, loss_type, float(band_width), float(eps), weight, form, budget(memory_budget),
-        _requested_kernels(), keep_rows,
+        _requested_kernels(), keep_rows, dense_double_backward,
     )  # fmt: skip
     log_sim = torch.logsumexp(best, dim=1) - math.log(best.shape[1])
     return EngineResult(log_sim, best.detach(), index)
