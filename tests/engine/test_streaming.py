@@ -1,7 +1,7 @@
 """The streaming engine against the dense reference: values, gradients, precision and autograd behaviour.
 
 Reference values come from the dense engine (``engine="dense"``), plain autograd through the
-definition in ``maths.py``; tolerances are the issue's (float64: 1e-8, float32 loss: 1e-6 relative).
+definition in ``maths.py``; tolerances: float64 1e-8, float32 loss 1e-6 relative (docs/engine.md, Exactness).
 Small memory budgets force many strips, so the strip bookkeeping is exercised at tiny sizes.
 """
 
@@ -344,7 +344,7 @@ def _spatial_term(form, n, m, dtype=torch.float64, seed=12):
 @pytest.mark.parametrize("cobi", COBI)
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_duplicated_rows_resolve_ties_like_dense(loss_type, cobi):
-    # Exact ties (design note, section 6): duplicated y rows tie the row minimum, duplicated x rows
+    # Exact ties (docs/streaming.md, section 2: first index wins): duplicated y rows tie the row minimum, duplicated x rows
     # tie the column maximum; both engines take the first index. Only exact duplicates tie: the
     # features are random otherwise (no near-ties), prepared as the functional API would.
     n, m, c = 24, 20, 6
