@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
+from contextual_loss.demo.images import texture
+from contextual_loss.demo.seed_example import SEED_CX, seed_images
 from contextual_loss.explain import MATRIX_LIMIT, explain_match
 from contextual_loss.features import extract_patches
 from contextual_loss.functional import contextual_bilateral_loss, contextual_similarity
-from contextual_loss.synthetic import SEED_CX, seed_images, texture
 
 
 def _distinct_features(height: int, width: int, channels: int = 6, seed: int = 0) -> torch.Tensor:

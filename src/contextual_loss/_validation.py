@@ -2,11 +2,14 @@
 
 Every error names the argument, the value received and what was expected; all are
 ``ValueError`` or ``TypeError`` subclasses (never ``assert``, which vanishes under ``python -O``).
+Numbers may be Python or NumPy scalars (anything registered as :class:`numbers.Real` or
+:class:`numbers.Integral`); ``bool`` is never taken for a number.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,17 +20,29 @@ __all__ = [
     "check_choice",
     "check_feature_pair",
     "check_finite_values",
+    "check_generator",
     "check_nonnegative_number",
     "check_positive_int",
     "check_positive_number",
     "check_unit_interval",
+    "describe",
 ]
 
+#: Longest ``repr`` of a value quoted in an error message; longer ones are cut.
+_REPR_LIMIT = 80
 
-def _describe(value: Any) -> str:
+
+def describe(value: Any) -> str:
+    """A short description of ``value`` for an error message: type and shape of arrays, a bounded repr otherwise."""
     if isinstance(value, Tensor):
         return f"Tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
-    return f"{type(value).__name__} {value!r}"
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if isinstance(shape, tuple) and shape and dtype is not None:  # a NumPy (or other) array: never its whole repr
+        return f"{type(value).__name__} of shape {shape} and dtype {dtype}"
+    text = repr(value)
+    if len(text) > _REPR_LIMIT:
+        text = text[: _REPR_LIMIT - 3] + "..."
+    return f"{type(value).__name__} {text}"
 
 
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
@@ -38,8 +53,8 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
 
 
 def _check_real_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {_describe(value)}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {describe(value)}")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
     return float(value)
@@ -70,17 +85,30 @@ def check_unit_interval(name: str, value: Any) -> float:
 
 
 def check_positive_int(name: str, value: Any) -> int:
-    """Return ``value``, raising unless it is an int >= 1 (bools are rejected)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {_describe(value)}")
+    """Return ``value`` as an int, raising unless it is an integer >= 1 (bools are rejected)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {describe(value)}")
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value!r}")
-    return value
+    return int(value)
+
+
+def check_generator(generator: Any) -> None:
+    """Raise ``TypeError`` unless ``generator`` is ``None`` or a ``torch.Generator``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {describe(generator)}; "
+            "e.g. torch.Generator().manual_seed(0)"
+        )
 
 
 def _check_feature_map(name: str, value: Any) -> None:
     if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {_describe(value)}")
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {describe(value)}")
+    if value.layout != torch.strided:
+        raise TypeError(
+            f"{name} must be a dense (strided) tensor, got layout {value.layout}; convert it with .to_dense()"
+        )
     if value.ndim != 4:
         raise ValueError(f"{name} must have shape (B, C, H, W) (4 dimensions), got shape {tuple(value.shape)}")
     if not value.is_floating_point():
@@ -92,10 +120,10 @@ def _check_feature_map(name: str, value: Any) -> None:
 
 
 def check_feature_pair(x: Any, y: Any) -> None:
-    """Check that ``x`` (prediction) and ``y`` (target) are comparable feature maps.
+    """Check that ``x`` (prediction) and ``y`` (target) are comparable maps (features or images).
 
-    Both must be non-empty floating-point tensors of shape (B, C, H, W) on the same device with
-    the same B and C; H and W may differ.
+    Both must be non-empty, dense, floating-point tensors of shape (B, C, H, W) on the same
+    device with the same B and C; H and W may differ.
     """
     _check_feature_map("x", x)
     _check_feature_map("y", y)
@@ -114,6 +142,19 @@ def check_finite_values(name: str, value: Tensor) -> None:
 
     One ``aminmax`` reduction (NaN propagates to both results, an infinity reaches one of them)
     instead of ``isfinite(value).all()``, which makes several full-size passes and a bool copy.
+
+    Where the values cannot be read on the host, the check takes another form:
+
+    - meta tensors have no values: nothing is checked;
+    - under ``torch.compile`` reading a value would break the graph, so the check becomes
+      ``torch._assert_async``, which raises a ``RuntimeError`` carrying the same message when the
+      compiled code runs (on CUDA, at the next synchronisation) instead of a ``ValueError``.
     """
-    if value.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(value))).all()):
-        raise ValueError(f"{name} contains NaN or infinite values; the contextual loss needs finite features")
+    if value.numel() == 0 or value.device.type == "meta":
+        return
+    finite = torch.isfinite(torch.stack(torch.aminmax(value))).all()
+    message = f"{name} contains NaN or infinite values; the contextual loss needs finite features"
+    if torch.compiler.is_compiling():
+        torch._assert_async(finite, message)
+    elif not bool(finite):
+        raise ValueError(message)

@@ -27,15 +27,16 @@ import torch
 from torch import Tensor
 
 from contextual_loss import maths
-from contextual_loss._validation import check_feature_pair
-from contextual_loss.engine.dense import dense_log_cx_matrix
-from contextual_loss.engine.types import SpatialTerm
-from contextual_loss.functional import contextual_match
+from contextual_loss._pipeline import evaluate, full_precision, prepare
+from contextual_loss.options import DEFAULTS, ContextualOptions
 
 __all__ = ["MATRIX_LIMIT", "MatchExplanation", "explain_match"]
 
 #: ``explain_match(matrices=None)`` returns the N x M matrices when N * M is at most this.
 MATRIX_LIMIT = 4096
+
+#: The options an explanation records in ``settings``.
+_SETTINGS = ("band_width", "loss_type", "weight_sp", "form", "eps", "center")
 
 
 @dataclass(frozen=True)
@@ -90,40 +91,32 @@ def _as_single(name: str, value: Tensor) -> Tensor:
     return value
 
 
-def _matrices(
-    x: Tensor, y: Tensor, *, band_width: float, loss_type: str, eps: float, center: str, spatial: SpatialTerm | None
-) -> tuple[Tensor, Tensor]:
-    """d~_ij and CX_ij in float64 from the definition's building blocks (small sets only)."""
-    xs = x.double().flatten(2).transpose(1, 2)
-    ys = y.double().flatten(2).transpose(1, 2)
-    xs, ys = maths.prepare_features(xs, ys, loss_type, center)  # type: ignore[arg-type]
-    d = maths.feature_distance(xs, ys, loss_type)  # type: ignore[arg-type]
-    if spatial is not None and spatial.form == "paper":
-        d = d + spatial.weight * maths.spatial_distance(spatial.pos_x.double(), spatial.pos_y.double(), "paper")
-    spatial64 = None
-    if spatial is not None:
-        spatial64 = SpatialTerm(spatial.weight, spatial.form, spatial.pos_x.double(), spatial.pos_y.double())
-    log_cx = dense_log_cx_matrix(
-        xs,
-        ys,
-        loss_type=loss_type,
-        band_width=band_width,
-        eps=eps,
-        spatial=spatial64,  # type: ignore[arg-type]
-    )
-    return maths.relative_distance(d, eps)[0], log_cx[0].exp()
+def _matrices(x: Tensor, y: Tensor, options: ContextualOptions) -> tuple[Tensor, Tensor]:
+    """(N, M) d~_ij and CX_ij in float64: the same preparation as the loss, then the definition's maths."""
+    sets = prepare(x, y, options, dtype=torch.float64)
+    with full_precision(sets.x.device):
+        d = maths.feature_distance(sets.x, sets.y, options.loss_type)
+        if sets.spatial is None:
+            log_cx = maths.log_cx_matrix(d, options.band_width, options.eps)
+        else:
+            weight, form = sets.spatial.weight, sets.spatial.form
+            d_spatial = maths.spatial_distance(sets.spatial.pos_x, sets.spatial.pos_y, form)
+            log_cx = maths.bilateral_log_cx_matrix(d, d_spatial, weight, form, options.band_width, options.eps)
+            if form == "paper":  # the relative distance of the combined distance the softmax sees
+                d = maths.bilateral_distance(d, d_spatial, weight)
+    return maths.relative_distance(d, options.eps)[0], log_cx[0].exp()
 
 
 def explain_match(
     x: Tensor,
     y: Tensor,
-    band_width: float = 0.5,
-    loss_type: str = "cosine",
+    band_width: float = DEFAULTS.band_width,
+    loss_type: str = DEFAULTS.loss_type,
     *,
-    weight_sp: float | None = None,
-    form: str = "paper",
-    eps: float = 1e-5,
-    center: str = "image",
+    weight_sp: float | None = DEFAULTS.weight_sp,
+    form: str = DEFAULTS.form,
+    eps: float = DEFAULTS.eps,
+    center: str = DEFAULTS.center,
     matrices: bool | None = None,
 ) -> MatchExplanation:
     r"""Explain what the contextual loss matched between one prediction and one target feature map.
@@ -152,41 +145,30 @@ def explain_match(
             of more than one map.
 
     """
+    options = ContextualOptions.from_arguments(locals())
     x, y = _as_single("x", x), _as_single("y", y)
-    check_feature_pair(x, y)
-    result = contextual_match(x, y, band_width, loss_type, weight_sp=weight_sp, form=form, eps=eps, center=center)
+    result = evaluate(x, y, options)
     (height_x, width_x), (height_y, width_y) = x.shape[-2:], y.shape[-2:]
-    index = result.index[0]
+    index = result.prediction_index[0]
     source = torch.stack((index // width_x, index % width_x), dim=-1).view(height_y, width_y, 2)
     rows, cols = torch.meshgrid(torch.arange(height_y), torch.arange(width_y), indexing="ij")
     # Pixel centres of the source, rescaled to the target grid, minus the target's own position.
     scale = torch.tensor([height_y / height_x, width_y / width_x], dtype=torch.float64)
     mapped = (source.cpu().double() + 0.5) * scale - 0.5
     displacement = mapped - torch.stack((rows, cols), dim=-1).double()
-    unique_flags = _unique_flags(index)
     want = matrices if matrices is not None else x.shape[-2] * x.shape[-1] * height_y * width_y <= MATRIX_LIMIT
-    rel = cx_mat = None
-    if want:
-        spatial = None
-        if weight_sp is not None:
-            pos_x = maths.grid_positions(height_x, width_x, form, device=x.device)  # type: ignore[arg-type]
-            pos_y = maths.grid_positions(height_y, width_y, form, device=y.device)  # type: ignore[arg-type]
-            spatial = SpatialTerm(float(weight_sp), form, pos_x, pos_y)  # type: ignore[arg-type]
-        rel, cx_mat = _matrices(
-            x, y, band_width=band_width, loss_type=loss_type, eps=eps, center=center, spatial=spatial
-        )
-    settings = {"band_width": band_width, "loss_type": loss_type, "weight_sp": weight_sp, "form": form, "eps": eps}
+    rel, cx_mat = _matrices(x, y, options) if want else (None, None)
     return MatchExplanation(
         cx=float(result.log_similarity[0].exp()),
         index=index.view(height_y, width_y).cpu(),
         source=source.cpu(),
         displacement=displacement,
-        similarity=result.similarity[0].view(height_y, width_y).detach().cpu(),
-        unique=unique_flags.view(height_y, width_y).cpu(),
+        similarity=result.best[0].exp().view(height_y, width_y).cpu(),
+        unique=_unique_flags(index).view(height_y, width_y).cpu(),
         prediction_shape=(int(height_x), int(width_x)),
         relative_distance=None if rel is None else rel.cpu(),
         cx_matrix=None if cx_mat is None else cx_mat.cpu(),
-        settings={**settings, "center": center},
+        settings={name: getattr(options, name) for name in _SETTINGS},
     )
 
 

@@ -9,6 +9,12 @@ References:
     Non-Aligned Data. ECCV 2018.
     X. Zhang, Q. Chen, R. Ng, V. Koltun. Zoom to Learn, Learn to Zoom. CVPR 2019.
 
+Under ``torch.compile`` (``fullgraph=True`` works with the dense engine) two steps take another
+form: the check for NaN and infinity becomes ``torch._assert_async`` (a ``RuntimeError`` when the
+compiled code runs, instead of a ``ValueError``), and sampling (``max_points``) with your own
+``generator`` is not traced: the graph breaks there, and ``fullgraph=True`` raises (sampling
+without a ``generator`` is traced).
+
 Examples:
     >>> import torch
     >>> from contextual_loss.functional import contextual_loss
@@ -20,26 +26,20 @@ Examples:
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from typing import Literal
-
 import torch
 from torch import Tensor
 
-from contextual_loss import engine as _engine
-from contextual_loss import maths
-from contextual_loss._validation import (
-    check_choice,
-    check_feature_pair,
-    check_finite_values,
-    check_nonnegative_number,
-    check_positive_int,
-    check_positive_number,
-    check_unit_interval,
+from contextual_loss._deprecation import moved
+from contextual_loss._pipeline import evaluate, per_image_loss, reduce_batch
+from contextual_loss.engine.types import ContextualMatch
+from contextual_loss.options import (
+    DEFAULT_WEIGHT_SP,
+    DEFAULTS,
+    ContextualOptions,
+    EngineName,
+    Reduction,
+    check_reduction,
 )
-from contextual_loss.engine.types import ContextualMatch, SpatialTerm
-from contextual_loss.sampling import sample_sets
 
 __all__ = [
     "contextual_bilateral_loss",
@@ -48,132 +48,22 @@ __all__ = [
     "contextual_similarity",
 ]
 
-Reduction = Literal["mean", "sum", "none"]
-LOSS_TYPES = ("cosine", "l1", "l2")
-CENTERS = ("image", "batch")
-REDUCTIONS = ("mean", "sum", "none")
-COBI_FORMS = ("paper", "released")
-EngineName = _engine.EngineName
-
-
-@contextlib.contextmanager
-def _float32_math(device: torch.device) -> Iterator[None]:
-    """Disable autocast so that distances and reductions run in float32 (or float64)."""
-    try:
-        ctx = torch.autocast(device_type=device.type, enabled=False)
-    except RuntimeError:  # a device type without autocast support
-        ctx = contextlib.nullcontext()
-    with ctx:
-        yield
-
-
-def _compute_dtype(x: Tensor, y: Tensor) -> torch.dtype:
-    return torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
-
-
-def _check_options(band_width: float, loss_type: str, eps: float, center: str, max_points: int | None) -> None:
-    check_positive_number("band_width", band_width)
-    check_choice("loss_type", loss_type, LOSS_TYPES)
-    check_positive_number("eps", eps)
-    check_choice("center", center, CENTERS)
-    if max_points is not None:
-        check_positive_int("max_points", max_points)
-
-
-def _check_engine(engine: str, memory_budget: int | None) -> None:
-    check_choice("engine", engine, _engine.ENGINES)
-    if memory_budget is not None:
-        check_positive_int("memory_budget", memory_budget)
-
-
-def _spatial_option(weight_sp: float, form: str) -> tuple[float, str]:
-    """Check CoBi's options; the released mixture needs a weight in [0, 1]."""
-    check_choice("form", form, COBI_FORMS)
-    if form == "released":
-        return check_unit_interval("weight_sp", weight_sp), form
-    return check_nonnegative_number("weight_sp", weight_sp), form
-
-
-def _flatten(feature_map: Tensor) -> Tensor:
-    """(B, C, H, W) -> (B, H*W, C), positions in row-major order, each vector contiguous.
-
-    The copy costs one pass over the features; every per-vector operation after it (norms,
-    centring, the engines' row gathers and GEMMs) then reads contiguous memory, which at
-    C = 256 is several times faster than the strided view.
-    """
-    return feature_map.flatten(2).transpose(1, 2).contiguous()
-
-
-def _run(
-    x: Tensor,
-    y: Tensor,
-    *,
-    band_width: float,
-    loss_type: str,
-    eps: float,
-    center: str,
-    spatial: tuple[float, str] | None,
-    max_points: int | None,
-    generator: torch.Generator | None,
-    want_match: bool,
-    engine: str = "auto",
-    memory_budget: int | None = None,
-) -> Tensor | ContextualMatch:
-    """Validate, flatten, sample, prepare and hand the sets to the engine."""
-    check_feature_pair(x, y)
-    _check_options(band_width, loss_type, eps, center, max_points)
-    _check_engine(engine, memory_budget)
-    check_finite_values("x", x)
-    check_finite_values("y", y)
-    dtype = _compute_dtype(x, y)
-    with _float32_math(x.device):
-        xs, ys = _flatten(x.to(dtype)), _flatten(y.to(dtype))
-        form = spatial[1] if spatial is not None else "paper"
-        pos_x = maths.grid_positions(*x.shape[-2:], form, device=x.device, dtype=dtype)
-        pos_y = maths.grid_positions(*y.shape[-2:], form, device=y.device, dtype=dtype)
-        xs, ys, pos_x, pos_y = sample_sets(
-            xs, ys, pos_x, pos_y, max_points=max_points, shared=x.shape[-2:] == y.shape[-2:], generator=generator
-        )
-        xs, ys = maths.prepare_features(xs, ys, loss_type, center)
-        term = None if spatial is None else SpatialTerm(spatial[0], spatial[1], pos_x, pos_y)
-        kwargs = {
-            "loss_type": loss_type,
-            "band_width": float(band_width),
-            "eps": float(eps),
-            "spatial": term,
-            "engine": engine,
-            "memory_budget": memory_budget,
-        }
-        if want_match:
-            return _engine.match(xs, ys, **kwargs)
-        return _engine.log_similarity(xs, ys, **kwargs)
-
-
-def _reduce(loss: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "sum":
-        return loss.sum()
-    return loss
-
-
-def _loss_from_log_similarity(log_sim: Tensor, reduction: str) -> Tensor:
-    # -log CX >= 0 by construction; the clamp only removes rounding of order 1e-16.
-    return _reduce((-log_sim).clamp_min(0.0), reduction)
+# Each function keeps its drop-in signature (defaults from ``DEFAULTS``) and passes its arguments
+# to ``ContextualOptions.from_arguments(locals())`` first thing, which picks and validates the options.
 
 
 def contextual_similarity(
     x: Tensor,
     y: Tensor,
-    band_width: float = 0.5,
-    loss_type: str = "cosine",
+    band_width: float = DEFAULTS.band_width,
+    loss_type: str = DEFAULTS.loss_type,
     *,
-    eps: float = 1e-5,
-    center: str = "image",
-    max_points: int | None = None,
+    eps: float = DEFAULTS.eps,
+    center: str = DEFAULTS.center,
+    max_points: int | None = DEFAULTS.max_points,
     generator: torch.Generator | None = None,
-    engine: EngineName = "auto",
-    memory_budget: int | None = None,
+    engine: EngineName = DEFAULTS.engine,
+    memory_budget: int | None = DEFAULTS.memory_budget,
 ) -> Tensor:
     r"""Contextual similarity CX(X, Y) of each image pair (Mechrez et al., ECCV 2018).
 
@@ -213,41 +103,29 @@ def contextual_similarity(
         (B,) tensor of CX values.
 
     Raises:
-        TypeError: non-tensor or integer inputs, non-numeric options.
+        TypeError: non-tensor, sparse or integer inputs, non-numeric options, a ``generator``
+            that is not a ``torch.Generator``.
         ValueError: wrong shapes, mismatched batch or channels, empty maps, NaN/inf in the
             inputs, band_width or eps <= 0, unknown loss_type, center or engine, memory_budget < 1.
 
     """
-    log_sim = _run(
-        x,
-        y,
-        band_width=band_width,
-        loss_type=loss_type,
-        eps=eps,
-        center=center,
-        spatial=None,
-        max_points=max_points,
-        generator=generator,
-        want_match=False,
-        engine=engine,
-        memory_budget=memory_budget,
-    )
-    return log_sim.exp()
+    options = ContextualOptions.from_arguments(locals())
+    return evaluate(x, y, options, generator=generator).log_similarity.exp()
 
 
 def contextual_loss(
     x: Tensor,
     y: Tensor,
-    band_width: float = 0.5,
-    loss_type: str = "cosine",
+    band_width: float = DEFAULTS.band_width,
+    loss_type: str = DEFAULTS.loss_type,
     *,
-    eps: float = 1e-5,
-    center: str = "image",
+    eps: float = DEFAULTS.eps,
+    center: str = DEFAULTS.center,
     reduction: Reduction = "mean",
-    max_points: int | None = None,
+    max_points: int | None = DEFAULTS.max_points,
     generator: torch.Generator | None = None,
-    engine: EngineName = "auto",
-    memory_budget: int | None = None,
+    engine: EngineName = DEFAULTS.engine,
+    memory_budget: int | None = DEFAULTS.memory_budget,
 ) -> Tensor:
     r"""Contextual Loss :math:`-\log CX(X, Y)` (Mechrez et al., ECCV 2018).
 
@@ -263,39 +141,26 @@ def contextual_loss(
         0.0
 
     """
-    check_choice("reduction", reduction, REDUCTIONS)
-    log_sim = _run(
-        x,
-        y,
-        band_width=band_width,
-        loss_type=loss_type,
-        eps=eps,
-        center=center,
-        spatial=None,
-        max_points=max_points,
-        generator=generator,
-        want_match=False,
-        engine=engine,
-        memory_budget=memory_budget,
-    )
-    return _loss_from_log_similarity(log_sim, reduction)
+    options = ContextualOptions.from_arguments(locals())
+    check_reduction(reduction)
+    return reduce_batch(per_image_loss(x, y, options, generator=generator), reduction)
 
 
 def contextual_bilateral_loss(
     x: Tensor,
     y: Tensor,
-    weight_sp: float = 0.1,
-    band_width: float = 0.5,
-    loss_type: str = "cosine",
+    weight_sp: float = DEFAULT_WEIGHT_SP,
+    band_width: float = DEFAULTS.band_width,
+    loss_type: str = DEFAULTS.loss_type,
     *,
-    form: str = "paper",
-    eps: float = 1e-5,
-    center: str = "image",
+    form: str = DEFAULTS.form,
+    eps: float = DEFAULTS.eps,
+    center: str = DEFAULTS.center,
     reduction: Reduction = "mean",
-    max_points: int | None = None,
+    max_points: int | None = DEFAULTS.max_points,
     generator: torch.Generator | None = None,
-    engine: EngineName = "auto",
-    memory_budget: int | None = None,
+    engine: EngineName = DEFAULTS.engine,
+    memory_budget: int | None = DEFAULTS.memory_budget,
 ) -> Tensor:
     r"""Contextual Bilateral loss, CoBi (Zhang et al., CVPR 2019).
 
@@ -326,57 +191,38 @@ def contextual_bilateral_loss(
         The reduced loss, or the (B,) per-image losses for ``reduction="none"``.
 
     """
-    check_choice("reduction", reduction, REDUCTIONS)
-    log_sim = _run(
-        x,
-        y,
-        band_width=band_width,
-        loss_type=loss_type,
-        eps=eps,
-        center=center,
-        spatial=_spatial_option(weight_sp, form),
-        max_points=max_points,
-        generator=generator,
-        want_match=False,
-        engine=engine,
-        memory_budget=memory_budget,
-    )
-    return _loss_from_log_similarity(log_sim, reduction)
+    options = ContextualOptions.from_arguments(locals(), bilateral=True)
+    check_reduction(reduction)
+    return reduce_batch(per_image_loss(x, y, options, generator=generator), reduction)
 
 
 def contextual_match(
     x: Tensor,
     y: Tensor,
-    band_width: float = 0.5,
-    loss_type: str = "cosine",
+    band_width: float = DEFAULTS.band_width,
+    loss_type: str = DEFAULTS.loss_type,
     *,
-    weight_sp: float | None = None,
-    form: str = "paper",
-    eps: float = 1e-5,
-    center: str = "image",
-    engine: EngineName = "auto",
-    memory_budget: int | None = None,
+    weight_sp: float | None = DEFAULTS.weight_sp,
+    form: str = DEFAULTS.form,
+    eps: float = DEFAULTS.eps,
+    center: str = DEFAULTS.center,
+    engine: EngineName = DEFAULTS.engine,
+    memory_budget: int | None = DEFAULTS.memory_budget,
 ) -> ContextualMatch:
     """What the loss matched: for each target vector, its best prediction vector and similarity.
 
-    Returns a :class:`~contextual_loss.engine.types.ContextualMatch` with ``index`` (B, M), the
-    row-major position i*(j) = argmax_i CX_ij in x of the match of target position j,
+    Returns a :class:`~contextual_loss.engine.types.ContextualMatch` with ``prediction_index``
+    (B, M), the row-major position i*(j) = argmax_i CX_ij in x of the match of target position j,
     ``similarity`` (B, M) = max_i CX_ij (its mean over j is CX), and ``log_similarity`` (B,).
     With ``weight_sp`` set, the matches are those of CoBi in the given ``form``. No sampling:
     every position is matched. Arguments as in :func:`contextual_bilateral_loss`.
     """
-    spatial = None if weight_sp is None else _spatial_option(weight_sp, form)
-    return _run(
-        x,
-        y,
-        band_width=band_width,
-        loss_type=loss_type,
-        eps=eps,
-        center=center,
-        spatial=spatial,
-        max_points=None,
-        generator=None,
-        want_match=True,
-        engine=engine,
-        memory_budget=memory_budget,
-    )
+    result = evaluate(x, y, ContextualOptions.from_arguments(locals()))
+    return ContextualMatch(result.log_similarity, result.prediction_index, result.best.exp())
+
+
+# Until the next release: the choice tuples once defined here live in contextual_loss.options.
+__getattr__ = moved(
+    __name__,
+    {name: f"contextual_loss.options:{name}" for name in ("LOSS_TYPES", "CENTERS", "REDUCTIONS", "COBI_FORMS")},
+)

@@ -2,8 +2,11 @@
 
 ``ContextualLoss`` and ``ContextualBilateralLoss`` keep the constructor signatures of
 contextual_loss_pytorch (``band_width``, ``loss_type``, ``use_vgg``, ``vgg_layer`` and, for CoBi,
-``weight_sp``), and every argument is used. The maths lives in :mod:`contextual_loss.functional`;
-the feature extractors in :mod:`contextual_loss.features`. ``layers=`` chooses the compared maps
+``weight_sp``), and every argument is used: the options go into one
+:class:`~contextual_loss.options.ContextualOptions` (``module.options``; ``module.band_width`` etc.
+read and write it), each compared layer runs the same computation as
+:func:`contextual_loss.functional.contextual_loss`, and the feature extractors come from
+:mod:`contextual_loss.features`. ``layers=`` chooses the compared maps
 and their weights (VGG19 layers, ``"patches"``), ``features=`` lets several losses share one
 extractor, and ``ContextualLoss.mechrez_recipe`` / ``ContextualBilateralLoss.zoom_recipe`` build
 the papers' settings in one line.
@@ -20,84 +23,75 @@ Examples:
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
 
-from contextual_loss import functional as CF
-from contextual_loss._validation import check_choice, check_nonnegative_number
-from contextual_loss.features.compose import LayersArg, select_features
+from contextual_loss._pipeline import per_image_loss, reduce_batch
+from contextual_loss._validation import check_choice, check_feature_pair, check_nonnegative_number
+from contextual_loss.features.compose import DEFAULT_VGG_LAYER, LayersArg, select_features
 from contextual_loss.features.weights import WeightsArg
+from contextual_loss.options import DEFAULT_WEIGHT_SP, DEFAULTS, ContextualOptions, Reduction, check_reduction
 
 __all__ = ["ContextualBilateralLoss", "ContextualLoss"]
 
+#: The constructor arguments that choose the features (those of ``select_features``).
+_FEATURE_ARGUMENTS = tuple(inspect.signature(select_features).parameters)
+
+
+class _Option:
+    """A module attribute that is one field of the module's :class:`ContextualOptions`.
+
+    Reading it reads ``module.options``; assigning it replaces ``module.options`` by a validated
+    copy, so ``loss.band_width = 0.2`` works as before and bad values raise at once.
+    """
+
+    name: str
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, module: _ContextualModule | None, owner: type | None = None) -> Any:
+        if module is None:
+            return self
+        return getattr(module.options, self.name)
+
+    def __set__(self, module: _ContextualModule, value: Any) -> None:
+        arguments = {**dataclasses.asdict(module.options), self.name: value}
+        module.options = ContextualOptions.from_arguments(arguments, bilateral=module.options.is_bilateral)
+
 
 class _ContextualModule(nn.Module):
-    """Shared plumbing: argument checks, features, per-layer weighting and the batch reduction."""
+    """Shared by both losses: the options, the features, per-layer losses and their weighted sum.
 
-    def __init__(
-        self,
-        band_width: float,
-        loss_type: str,
-        use_vgg: bool,
-        vgg_layer: str,
-        *,
-        layers: LayersArg,
-        features: nn.Module | None,
-        weights: WeightsArg,
-        pooling: str,
-        input_range: tuple[float, float],
-        patch_size: int | None,
-        padding: str,
-        eps: float,
-        center: str,
-        reduction: str,
-        max_points: int | None,
-        engine: str = "auto",
-        memory_budget: int | None = None,
-    ) -> None:
+    Args:
+        arguments: the subclass constructor's arguments by name (its ``locals()``): the options
+            (see :class:`ContextualOptions`), ``reduction`` and the arguments of
+            :func:`~contextual_loss.features.compose.select_features`.
+        bilateral: the loss is CoBi (``weight_sp`` must be a number).
+
+    """
+
+    band_width = _Option()
+    loss_type = _Option()
+    eps = _Option()
+    center = _Option()
+    max_points = _Option()
+    engine = _Option()
+    memory_budget = _Option()
+
+    def __init__(self, arguments: Mapping[str, Any], *, bilateral: bool) -> None:
         super().__init__()
-        CF._check_options(band_width, loss_type, eps, center, max_points)
-        CF._check_engine(engine, memory_budget)
-        self.engine, self.memory_budget = engine, memory_budget
-        check_choice("reduction", reduction, CF.REDUCTIONS)
-        self.band_width = float(band_width)
-        self.loss_type = loss_type
-        self.eps = float(eps)
-        self.center = center
-        self.reduction = reduction
-        self.max_points = max_points
-        self.features, weights_by_layer = select_features(
-            layers=layers,
-            use_vgg=use_vgg,
-            vgg_layer=vgg_layer,
-            features=features,
-            patch_size=patch_size,
-            padding=padding,
-            weights=weights,
-            pooling=pooling,
-            input_range=input_range,
-        )
+        #: What is compared and how (validated); the attributes ``band_width``, ``loss_type``, ... read it.
+        self.options = ContextualOptions.from_arguments(arguments, bilateral=bilateral)
+        self.reduction: Reduction = check_reduction(arguments["reduction"])
+        self.features, weights_by_layer = select_features(**{name: arguments[name] for name in _FEATURE_ARGUMENTS})
         #: Layer name -> weight of its loss; ``None``: every map of ``features``, weight 1.
         self.layer_weights: dict[str, float] | None = weights_by_layer
-
-    def _layer_loss(self, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
-        raise NotImplementedError
-
-    def _common_kwargs(self, generator: torch.Generator | None) -> dict[str, Any]:
-        return {
-            "band_width": self.band_width,
-            "loss_type": self.loss_type,
-            "eps": self.eps,
-            "center": self.center,
-            "reduction": "none",
-            "max_points": self.max_points,
-            "generator": generator,
-            "engine": self.engine,
-            "memory_budget": self.memory_budget,
-        }
 
     def forward(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """Loss between prediction ``x`` and target ``y`` images (B, C, H, W).
@@ -111,15 +105,31 @@ class _ContextualModule(nn.Module):
             The weighted sum over layers of the per-image losses, reduced over the batch.
 
         """
-        for name, value in (("x", x), ("y", y)):
-            if not isinstance(value, Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(value).__name__}")
+        return self.combine_layers(self.layer_losses(x, y, generator=generator))
+
+    def layer_losses(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Each compared layer's (B,) per-image loss, before weighting and reduction.
+
+        ``forward(x, y)`` is ``combine_layers(layer_losses(x, y))``; the two steps serve callers
+        that report the layers one by one (the command line does).
+
+        Raises:
+            TypeError, ValueError: the images are not two non-empty floating-point tensors of
+                shape (B, C, H, W) with the same B and C on one device, or a layer's features
+                fail the checks of :func:`contextual_loss.functional.contextual_loss`.
+
+        """
+        check_feature_pair(x, y)  # the images themselves, before any extractor sees them
         feats_x, feats_y = self.features(x), self.features(y)
-        total = sum(
-            weight * self._layer_loss(feats_x[name], feats_y[name], generator)
-            for name, weight in self._weights_for(feats_x).items()
-        )
-        return CF._reduce(total, self.reduction)  # type: ignore[arg-type]
+        return {
+            name: per_image_loss(feats_x[name], feats_y[name], self.options, generator=generator)
+            for name in self._weights_for(feats_x)
+        }
+
+    def combine_layers(self, losses: Mapping[str, Tensor]) -> Tensor:
+        """The weighted sum over layers of (B,) per-layer losses, reduced with ``reduction``."""
+        total = sum(weight * losses[name] for name, weight in self._weights_for(losses).items())
+        return reduce_batch(cast(Tensor, total), self.reduction)
 
     def _weights_for(self, maps: Mapping[str, Tensor]) -> dict[str, float]:
         if self.layer_weights is None:
@@ -174,10 +184,10 @@ class ContextualLoss(_ContextualModule):
 
     def __init__(
         self,
-        band_width: float = 0.5,
-        loss_type: str = "cosine",
+        band_width: float = DEFAULTS.band_width,
+        loss_type: str = DEFAULTS.loss_type,
         use_vgg: bool = False,
-        vgg_layer: str = "relu3_4",
+        vgg_layer: str = DEFAULT_VGG_LAYER,
         *,
         layers: LayersArg = None,
         features: nn.Module | None = None,
@@ -186,32 +196,14 @@ class ContextualLoss(_ContextualModule):
         input_range: tuple[float, float] = (0.0, 1.0),
         patch_size: int | None = None,
         padding: str = "reflect",
-        eps: float = 1e-5,
-        center: str = "image",
+        eps: float = DEFAULTS.eps,
+        center: str = DEFAULTS.center,
         reduction: str = "mean",
-        max_points: int | None = None,
-        engine: str = "auto",
-        memory_budget: int | None = None,
+        max_points: int | None = DEFAULTS.max_points,
+        engine: str = DEFAULTS.engine,
+        memory_budget: int | None = DEFAULTS.memory_budget,
     ) -> None:
-        super().__init__(
-            band_width,
-            loss_type,
-            use_vgg,
-            vgg_layer,
-            layers=layers,
-            features=features,
-            weights=weights,
-            pooling=pooling,
-            input_range=input_range,
-            patch_size=patch_size,
-            padding=padding,
-            eps=eps,
-            center=center,
-            reduction=reduction,
-            max_points=max_points,
-            engine=engine,
-            memory_budget=memory_budget,
-        )
+        super().__init__(locals(), bilateral=False)
 
     @classmethod
     def mechrez_recipe(
@@ -249,9 +241,6 @@ class ContextualLoss(_ContextualModule):
         }
         return cls(**_recipe_options(options, kwargs))
 
-    def _layer_loss(self, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
-        return CF.contextual_loss(x, y, **self._common_kwargs(generator))
-
 
 class ContextualBilateralLoss(_ContextualModule):
     """Contextual Bilateral loss, CoBi (Zhang et al., CVPR 2019), through a feature extractor.
@@ -273,15 +262,18 @@ class ContextualBilateralLoss(_ContextualModule):
 
     """
 
+    weight_sp = _Option()
+    form = _Option()
+
     def __init__(
         self,
-        weight_sp: float = 0.1,
-        band_width: float = 0.5,
-        loss_type: str = "cosine",
+        weight_sp: float = DEFAULT_WEIGHT_SP,
+        band_width: float = DEFAULTS.band_width,
+        loss_type: str = DEFAULTS.loss_type,
         use_vgg: bool = False,
-        vgg_layer: str = "relu3_4",
+        vgg_layer: str = DEFAULT_VGG_LAYER,
         *,
-        form: str = "paper",
+        form: str = DEFAULTS.form,
         layers: LayersArg = None,
         features: nn.Module | None = None,
         weights: WeightsArg = "imagenet",
@@ -289,33 +281,14 @@ class ContextualBilateralLoss(_ContextualModule):
         input_range: tuple[float, float] = (0.0, 1.0),
         patch_size: int | None = None,
         padding: str = "reflect",
-        eps: float = 1e-5,
-        center: str = "image",
+        eps: float = DEFAULTS.eps,
+        center: str = DEFAULTS.center,
         reduction: str = "mean",
-        max_points: int | None = None,
-        engine: str = "auto",
-        memory_budget: int | None = None,
+        max_points: int | None = DEFAULTS.max_points,
+        engine: str = DEFAULTS.engine,
+        memory_budget: int | None = DEFAULTS.memory_budget,
     ) -> None:
-        super().__init__(
-            band_width,
-            loss_type,
-            use_vgg,
-            vgg_layer,
-            layers=layers,
-            features=features,
-            weights=weights,
-            pooling=pooling,
-            input_range=input_range,
-            patch_size=patch_size,
-            padding=padding,
-            eps=eps,
-            center=center,
-            reduction=reduction,
-            max_points=max_points,
-            engine=engine,
-            memory_budget=memory_budget,
-        )
-        self.weight_sp, self.form = CF._spatial_option(weight_sp, form)
+        super().__init__(locals(), bilateral=True)
 
     @classmethod
     def zoom_recipe(
@@ -361,7 +334,7 @@ class ContextualBilateralLoss(_ContextualModule):
             )
         lam = check_nonnegative_number("vgg_weight", vgg_weight)
         options: dict[str, Any] = {
-            "weight_sp": 0.1,
+            "weight_sp": DEFAULT_WEIGHT_SP,
             "band_width": 0.5,
             "loss_type": "cosine",
             "layers": {"patches": 1.0, "relu1_2": lam, "relu2_2": lam, "relu3_2": lam},
@@ -370,9 +343,6 @@ class ContextualBilateralLoss(_ContextualModule):
         if zoom is not None:
             options["patch_size"] = sizes[zoom]
         return cls(**_recipe_options(options, kwargs))
-
-    def _layer_loss(self, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
-        return CF.contextual_bilateral_loss(x, y, self.weight_sp, form=self.form, **self._common_kwargs(generator))
 
     def extra_repr(self) -> str:
         """Summarise the options in ``repr``."""

@@ -2,9 +2,17 @@
 
 :class:`ContextualOptions` holds everything that decides *what* is computed between two sets of
 feature vectors (distance, band width, epsilon, centring, CoBi's spatial term, sampling) and *how*
-(engine, strip memory). The functions build one from their keyword arguments, the modules store
-one, and the engines read it. It is frozen and checks every field when it is created, so code that
-receives one never validates again.
+(engine, strip memory). The public functions build one from their keyword arguments
+(:meth:`ContextualOptions.from_arguments`), the modules store one, and the engine reads it. It is
+frozen and checks every field when it is created, so code that receives one never validates
+again. Its field defaults are the defaults of every public signature (:data:`DEFAULTS`), and the
+allowed values of each choice derive from its ``Literal`` type.
+
+Adding an option means: a field here (with its check in ``__post_init__``), the parameter in the
+drop-in signatures that take it (:mod:`contextual_loss.functional`, :mod:`contextual_loss.modules`,
+:mod:`contextual_loss.explain`) with its docstring line, and the code that reads it (the
+preparation in ``contextual_loss._pipeline`` or the engine). ``tests/test_signatures.py`` checks
+that the signatures and this class agree.
 
 Examples:
     >>> from contextual_loss.options import ContextualOptions
@@ -21,8 +29,9 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 from contextual_loss._validation import (
     check_choice,
@@ -30,12 +39,15 @@ from contextual_loss._validation import (
     check_positive_int,
     check_positive_number,
     check_unit_interval,
+    describe,
 )
 from contextual_loss.maths import Center, CoBiForm, Distance
 
 __all__ = [
     "CENTERS",
     "COBI_FORMS",
+    "DEFAULTS",
+    "DEFAULT_WEIGHT_SP",
     "ENGINES",
     "LOSS_TYPES",
     "REDUCTIONS",
@@ -45,6 +57,7 @@ __all__ = [
     "Distance",
     "EngineName",
     "Reduction",
+    "check_reduction",
 ]
 
 EngineName = Literal["auto", "dense", "streaming"]
@@ -56,6 +69,9 @@ CENTERS: tuple[str, ...] = get_args(Center)
 COBI_FORMS: tuple[str, ...] = get_args(CoBiForm)
 ENGINES: tuple[str, ...] = get_args(EngineName)
 REDUCTIONS: tuple[str, ...] = get_args(Reduction)
+
+#: CoBi's default spatial weight w_s (the functions' and modules' ``weight_sp`` default).
+DEFAULT_WEIGHT_SP = 0.1
 
 
 @dataclass(frozen=True)
@@ -102,6 +118,27 @@ class ContextualOptions:
         if self.memory_budget is not None:
             set_(self, "memory_budget", check_positive_int("memory_budget", self.memory_budget))
 
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, Any], *, bilateral: bool = False) -> ContextualOptions:
+        """The options among a public function's arguments, validated.
+
+        The public functions and modules keep their drop-in signatures and pass ``locals()``
+        here: every argument named like a field becomes that field, the others (``x``, ``y``,
+        ``reduction``, ``generator``, the feature options, ...) are ignored.
+
+        Args:
+            arguments: argument name -> value.
+            bilateral: the arguments are CoBi's, whose ``weight_sp`` must be a number (``None``
+                would silently mean the plain contextual loss).
+
+        Raises:
+            TypeError, ValueError: an option is invalid (see the class).
+
+        """
+        if bilateral and arguments.get("weight_sp") is None:
+            raise TypeError(f"weight_sp must be a real number, got {describe(arguments.get('weight_sp'))}")
+        return cls(**{name: arguments[name] for name in _FIELDS if name in arguments})
+
     @property
     def is_bilateral(self) -> bool:
         """Whether this is CoBi (a spatial weight is set), rather than the plain contextual similarity."""
@@ -110,3 +147,15 @@ class ContextualOptions:
     def replace(self, **changes: Any) -> ContextualOptions:
         """A copy with some fields changed (and validated)."""
         return dataclasses.replace(self, **changes)
+
+
+_FIELDS = tuple(field.name for field in dataclasses.fields(ContextualOptions))
+
+#: The default options: the defaults of every public signature.
+DEFAULTS = ContextualOptions()
+
+
+def check_reduction(reduction: Any) -> Reduction:
+    """Return ``reduction``, raising ``ValueError`` unless it is ``"mean"``, ``"sum"`` or ``"none"``."""
+    check_choice("reduction", reduction, REDUCTIONS)
+    return cast(Reduction, reduction)

@@ -16,19 +16,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from torch import Tensor
 
+from contextual_loss._deprecation import moved
 from contextual_loss.explain import MatchExplanation
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from contextual_loss.analysis import MisalignmentStudy
-
 __all__ = [
     "MissingExtraError",
     "displacement_to_rgb",
+    "draw_image",
     "plot_explanation",
-    "plot_misalignment",
     "require_matplotlib",
     "save_figure",
 ]
@@ -104,14 +103,15 @@ def _hsv_to_rgb(hue: np.ndarray, saturation: np.ndarray) -> np.ndarray:
 
 
 def _image_array(image: Tensor) -> np.ndarray:
-    array = image.detach().float().cpu()
-    if array.ndim == 4:
-        array = array[0]
-    array = array.clamp(0, 1).permute(1, 2, 0).numpy()
+    pixels = image.detach().float().cpu()
+    if pixels.ndim == 4:
+        pixels = pixels[0]
+    array = pixels.clamp(0, 1).permute(1, 2, 0).numpy()
     return array[..., 0] if array.shape[-1] == 1 else array
 
 
-def _show_image(ax: Axes, image: Tensor, title: str) -> None:
+def draw_image(ax: Axes, image: Tensor, title: str) -> None:
+    """Show a (1, C, H, W) or (C, H, W) image with values in [0, 1] on ``ax``, without ticks."""
     array = _image_array(image)
     ax.imshow(array, cmap="gray" if array.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title, fontsize=9)
@@ -244,9 +244,18 @@ def plot_explanation(
     figure = Figure(figsize=(3.2 * ncols, 6.0 if has_matrices else 3.4), layout="constrained")
     grid = figure.add_gridspec(2, ncols, height_ratios=[1, 1.4]) if has_matrices else figure.add_gridspec(1, ncols)
     for k, (img, name) in enumerate(images):
-        _show_image(figure.add_subplot(grid[0, k]), img, f"{name} {tuple(img.shape[-2:])}")
+        draw_image(figure.add_subplot(grid[0, k]), img, f"{name} {tuple(img.shape[-2:])}")
     _draw_displacement(figure.add_subplot(grid[0, len(images)]), explanation, max_arrows)
-    ax = figure.add_subplot(grid[0, len(images) + 1])
+    _draw_similarity(figure, figure.add_subplot(grid[0, len(images) + 1]), explanation)
+    if has_matrices:
+        half = ncols // 2
+        _draw_matrices(figure, figure.add_subplot(grid[1, :half]), figure.add_subplot(grid[1, half:]), explanation)
+    figure.suptitle(title or _summary(explanation), fontsize=10)
+    return figure
+
+
+def _draw_similarity(figure: Figure, ax: Axes, explanation: MatchExplanation) -> None:
+    """The per-target best similarity, targets whose match is shared hatched."""
     similarity = ax.imshow(explanation.similarity.numpy(), cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest")
     shared = ~explanation.unique.numpy()
     if shared.any():
@@ -255,98 +264,39 @@ def plot_explanation(
     ax.set_xticks([])
     ax.set_yticks([])
     figure.colorbar(similarity, ax=ax, shrink=0.8)
-    if has_matrices:
-        half = ncols // 2
-        ax_d = figure.add_subplot(grid[1, :half])
-        img_d = _draw_matrix(
-            ax_d,
-            np.asarray(explanation.relative_distance),
-            "relative distance d~_ij = d_ij / (min_k d_ik + eps)",
-            cmap="viridis_r",
-            fmt=lambda v: f"{v:.2f}",
-            mark_column_max=False,
-        )
-        figure.colorbar(img_d, ax=ax_d, shrink=0.8)
-        ax_c = figure.add_subplot(grid[1, half:])
-        img_c = _draw_matrix(
-            ax_c,
-            np.asarray(explanation.cx_matrix),
-            "CX_ij (rows sum to 1); red: max over i, the match of j",
-            cmap="magma",
-            fmt=_short,
-            mark_column_max=True,
-        )
-        figure.colorbar(img_c, ax=ax_c, shrink=0.8)
+
+
+def _draw_matrices(figure: Figure, ax_d: Axes, ax_c: Axes, explanation: MatchExplanation) -> None:
+    """The matrices d~_ij and CX_ij side by side, each with its colour bar."""
+    img_d = _draw_matrix(
+        ax_d,
+        np.asarray(explanation.relative_distance),
+        "relative distance d~_ij = d_ij / (min_k d_ik + eps)",
+        cmap="viridis_r",
+        fmt=lambda v: f"{v:.2f}",
+        mark_column_max=False,
+    )
+    figure.colorbar(img_d, ax=ax_d, shrink=0.8)
+    img_c = _draw_matrix(
+        ax_c,
+        np.asarray(explanation.cx_matrix),
+        "CX_ij (rows sum to 1); red: max over i, the match of j",
+        cmap="magma",
+        fmt=_short,
+        mark_column_max=True,
+    )
+    figure.colorbar(img_c, ax=ax_c, shrink=0.8)
+
+
+def _summary(explanation: MatchExplanation) -> str:
+    """The default title: the similarity, its loss, the one-to-one fraction and the band width."""
     settings = explanation.settings
     loss_name = "CoBi" if settings.get("weight_sp") is not None else "CX"
-    figure.suptitle(
-        title
-        or f"{loss_name} = {explanation.cx:.4f} (loss {-math.log(explanation.cx):.4f}), "
-        f"one-to-one matches {100 * explanation.unique_fraction:.0f}%, band width {settings.get('band_width')}",
-        fontsize=10,
+    return (
+        f"{loss_name} = {explanation.cx:.4f} (loss {-math.log(explanation.cx):.4f}), "
+        f"one-to-one matches {100 * explanation.unique_fraction:.0f}%, band width {settings.get('band_width')}"
     )
-    return figure
 
 
-def plot_misalignment(study: MisalignmentStudy, *, show_images: bool = True) -> Figure:
-    """L1 and CX (and CoBi) of shifted and rotated copies, as fractions of the unrelated value.
-
-    Left: the reference, a shifted copy, the rotated copy and the unrelated texture. Right: the
-    fractions against the shift, with the rotation as separate markers.
-    """
-    Figure = require_matplotlib()
-    rotation = [row for row in study.rows if row.angle]
-    shifts = [row for row in study.rows if row.label.startswith("shift")]
-    figure = Figure(figsize=(9.5 if show_images else 5.0, 3.6), layout="constrained")
-    grid = figure.add_gridspec(2, 4 if show_images else 1, width_ratios=[1, 1, 2.6, 0.01] if show_images else None)
-    if show_images:
-        largest = max(shifts, key=lambda r: r.shift)
-        picks = [("reference (target)", study.reference), (largest.label, study.copies[largest.label])]
-        picks += [(row.label, study.copies[row.label]) for row in rotation]
-        picks.append(("unrelated", study.copies["unrelated"]))
-        for k, (name, image) in enumerate(picks[:4]):
-            _show_image(figure.add_subplot(grid[k // 2, k % 2]), image, name)
-        ax = figure.add_subplot(grid[:, 2])
-    else:
-        ax = figure.add_subplot(grid[:, 0])
-    xs = [row.shift for row in shifts]
-    ax.plot(xs, [row.l1_fraction for row in shifts], "o-", color="tab:red", label="L1 (pixels)")
-    ax.plot(
-        xs,
-        [row.cx_fraction for row in shifts],
-        "s-",
-        color="tab:blue",
-        label=f"CX loss ({study.patch_size}x{study.patch_size} patches)",
-    )
-    if shifts and shifts[0].cobi_fraction is not None:
-        ax.plot(
-            xs,
-            [row.cobi_fraction for row in shifts],
-            "^-",
-            color="tab:green",
-            label=f"CoBi loss (w_s={study.weight_sp})",
-        )
-    for row in rotation:
-        ax.plot([xs[-1] + 1.5], [row.l1_fraction], "o", color="tab:red", mfc="white")
-        ax.plot([xs[-1] + 1.5], [row.cx_fraction], "s", color="tab:blue", mfc="white")
-        if row.cobi_fraction is not None:
-            ax.plot([xs[-1] + 1.5], [row.cobi_fraction], "^", color="tab:green", mfc="white")
-        ax.annotate(
-            row.label,
-            (xs[-1] + 1.5, row.l1_fraction),
-            textcoords="offset points",
-            xytext=(0, 8),
-            fontsize=8,
-            ha="center",
-        )
-    ax.axhline(0.1, color="tab:blue", ls=":", lw=1)
-    ax.axhline(0.4, color="tab:red", ls=":", lw=1)
-    ax.set_xticks([*xs, *([xs[-1] + 1.5] if rotation else [])])
-    ax.set_xticklabels([*map(str, xs), *(["rot."] if rotation else [])])
-    ax.set_xlabel("horizontal shift (px)")
-    ax.set_ylabel("loss / loss for an unrelated texture")
-    ax.set_ylim(0, 1.05)
-    ax.set_xlim(-0.5, xs[-1] + 2.7)
-    ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 0.12))
-    ax.set_title(f"misaligned copies of a {study.size}x{study.size} texture, band width {study.band_width}", fontsize=9)
-    return figure
+# Until the next release: plot_misalignment serves the demo and lives with its study now.
+__getattr__ = moved(__name__, {"plot_misalignment": "contextual_loss.demo.misalignment:plot_misalignment"})

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from contextual_loss.demo.images import texture
 from contextual_loss.io import save_image
-from contextual_loss.synthetic import texture
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,12 +97,13 @@ def test_no_command_prints_help(run_cli) -> None:
     assert "compare" in result.err and "explain" in result.err and "demo" in result.err
 
 
+@pytest.mark.subprocess
 def test_entry_point_reports_without_traceback_and_without_matplotlib(tmp_path: Path) -> None:
     """``python -m contextual_loss`` in a fresh process: exit status 2, one line on stderr, and
     neither the package's core modules nor the command line import matplotlib (the viz extra)."""
     code = (
         "import runpy, sys\n"
-        "import contextual_loss.analysis, contextual_loss.explain, contextual_loss.io, contextual_loss.synthetic\n"
+        "import contextual_loss.demo, contextual_loss.explain, contextual_loss.io\n"
         "sys.argv = ['contextual-loss', 'compare', sys.argv[1], sys.argv[2]]\n"
         "try:\n    runpy.run_module('contextual_loss', run_name='__main__')\n"
         "except SystemExit as exit_:\n    print(exit_.code, 'matplotlib' in sys.modules)\n"

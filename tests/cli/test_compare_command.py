@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from contextual_loss.demo.images import texture
 from contextual_loss.features import extract_patches
 from contextual_loss.functional import contextual_bilateral_loss, contextual_loss, contextual_similarity
 from contextual_loss.io import load_image, save_image
-from contextual_loss.synthetic import texture
 
 
 def _json(result) -> dict:

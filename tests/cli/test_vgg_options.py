@@ -18,16 +18,7 @@ from contextual_loss import ContextualLoss
 from contextual_loss.functional import contextual_bilateral_loss, contextual_similarity
 from contextual_loss.io import load_image
 
-
-@pytest.fixture
-def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-
-    def refuse(url: str, dst: str, *args: object, **kwargs: object) -> None:
-        raise OSError(f"network is unreachable (test refused {url})")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-    return tmp_path / "torch_home"
+# ``offline_hub`` (tests/conftest.py): an empty torch hub cache, downloads refused.
 
 
 @pytest.fixture
@@ -71,6 +62,7 @@ def test_imagenet_weights_offline_say_how_to_get_them(run_cli, images, offline_h
     line = result.err.strip()
     assert "\n" not in line and "Traceback" not in line
     assert "contextual-loss download-weights" in line
+    assert "--weights PATH or --weights random" in line  # the command line's own advice
 
 
 @pytest.mark.parametrize(

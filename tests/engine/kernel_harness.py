@@ -66,7 +66,7 @@ def stream_image(
         )
     best, index = columns.best, columns.index
     log_sim = torch.logsumexp(best, 0) - math.log(m)
-    # Backward of log CX (grad 1): the engine's bookkeeping, as in streaming._backward_image.
+    # Backward of log CX (grad 1): the engine's bookkeeping, as in streaming._backward._backward_image.
     g = torch.softmax(best, 0)
     r = x.new_zeros(n).index_add_(0, index, g)
     need = (r != 0).nonzero().squeeze(1)

@@ -28,11 +28,11 @@ def test_row_max_first_index_matches_max_with_ties(cols):
 def test_plan_fits_the_budget():
     plan = plan_strips(16384, 16384, dtype=torch.float32, memory_budget=DEFAULT_MEMORY_BUDGET, tiles=2)
     # 64 MiB holds two strips of 512 rows of 16384 float32 entries: exactly the tallest strip.
-    assert plan.rows == plan.backward_rows == MAX_STRIP_ROWS == 512
+    assert plan.rows == MAX_STRIP_ROWS == 512
     assert plan.workspace_bytes == DEFAULT_MEMORY_BUDGET
     # A wider problem gets shorter strips (both passes hold the same buffers).
     wide = plan_strips(1000, 65536, dtype=torch.float32, memory_budget=DEFAULT_MEMORY_BUDGET, tiles=3)
-    assert (wide.rows, wide.backward_rows) == (85, 85)
+    assert wide.rows == 85
     assert wide.workspace_bytes <= DEFAULT_MEMORY_BUDGET
     # float64 halves the rows; a tiny budget still streams one row at a time.
     assert plan_strips(100, 1000, dtype=torch.float64, memory_budget=80_000, tiles=2).rows == 5

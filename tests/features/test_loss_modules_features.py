@@ -174,6 +174,8 @@ def test_layers_missing_from_a_shared_vgg_raise_at_construction() -> None:
         ContextualLoss(layers={"relu1_1": 1.0, "relu2_1": 1.0}, features=shared)
 
 
-def test_state_dict_holds_the_frozen_weights_but_not_the_normalisation(weights_file: Path) -> None:
-    keys = set(ContextualLoss(layers="relu1_2", weights=weights_file).state_dict())
+def test_state_dict_holds_weights_it_cannot_reload_but_not_the_normalisation(weights_file: Path, vgg_state) -> None:
+    # A file is read again on construction, so its weights stay out (tests/features/test_vgg_checkpoints.py).
+    assert set(ContextualLoss(layers="relu1_2", weights=weights_file).state_dict()) == set()
+    keys = set(ContextualLoss(layers="relu1_2", weights=dict(vgg_state)).state_dict())
     assert keys == {"features.body.0.weight", "features.body.0.bias", "features.body.2.weight", "features.body.2.bias"}

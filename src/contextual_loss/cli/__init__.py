@@ -1,6 +1,7 @@
 """The ``contextual-loss`` command line (also ``python -m contextual_loss``).
 
-Each sub-command lives in its own module of this package and exposes ``register(subparsers)``,
+Each sub-command ``NAME`` lives in the module ``NAME_command`` of this package (``demo_command``,
+``compare_command``, ...: no name shared with the library's modules) and exposes ``register(subparsers)``,
 which adds its parser and sets ``func`` to a callable taking the parsed arguments and returning an
 exit status. Problems the user can fix (missing or unreadable files, bad options, a missing
 optional dependency) are reported on one line with exit status 2, without a traceback.
@@ -16,7 +17,7 @@ from contextual_loss.cli.options import CommandError, OneLineParser
 
 __all__ = ["build_parser", "main"]
 
-#: Sub-command modules, in the order ``--help`` lists them.
+#: Sub-commands (module ``contextual_loss.cli.<name>_command``), in the order ``--help`` lists them.
 COMMANDS = ("demo", "compare", "explain", "download_weights")
 
 
@@ -32,7 +33,7 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"contextual_loss.cli.{name}").register(subparsers)
+        importlib.import_module(f"contextual_loss.cli.{name}_command").register(subparsers)
     return parser
 
 

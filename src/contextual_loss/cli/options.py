@@ -19,7 +19,12 @@ from typing import Any, NoReturn
 import torch
 from torch import nn
 
+from contextual_loss.features import IdentityFeatures, PatchFeatures, VGG19Features, WeightsNotFoundError
+from contextual_loss.features.compose import normalize_layers
+from contextual_loss.features.patches import PADDINGS
+from contextual_loss.features.vgg import POOLINGS
 from contextual_loss.io import load_image
+from contextual_loss.options import COBI_FORMS, DEFAULT_WEIGHT_SP, DEFAULTS, LOSS_TYPES
 
 __all__ = [
     "CommandError",
@@ -33,9 +38,8 @@ __all__ = [
 ]
 
 #: Default longest image side for ``compare`` (images are shrunk to it; 0 keeps the full size).
-#: The work grows with (H W)^2 and the memory, on the streaming engine, with H W: one 128 x 128
-#: pair (CX and CoBi on 5 x 5 patches) took 11.4 s and 0.85 GiB in all on our 2-core machine,
-#: against 6.9 s at 64 x 64 (the dense engine needed about a minute and 7 GB at 128 x 128).
+#: The work grows with (H W)^2 and the memory, on the streaming engine, with H W; docs/cli.md
+#: gives the time and memory measured at 64 x 64 and 128 x 128.
 DEFAULT_MAX_SIDE = 128
 
 
@@ -97,7 +101,7 @@ def add_feature_options(parser: argparse.ArgumentParser, *, default_patch_size: 
     )
     group.add_argument(
         "--padding",
-        choices=("reflect", "zero", "none"),
+        choices=PADDINGS,
         default="reflect",
         help="how patches at the border are completed (default: reflect)",
     )
@@ -109,7 +113,7 @@ def add_feature_options(parser: argparse.ArgumentParser, *, default_patch_size: 
     )
     group.add_argument(
         "--vgg-pooling",
-        choices=("max", "avg"),
+        choices=POOLINGS,
         default="max",
         help="VGG19 pooling: max (torchvision) or avg (the authors' network) (default: max)",
     )
@@ -121,26 +125,30 @@ def add_loss_options(
     """Add the loss, size and device options (``--max-points`` and ``--seed`` only with ``sampling``)."""
     group = parser.add_argument_group("loss")
     group.add_argument(
-        "--band-width", type=positive_float, default=0.5, metavar="H", help="band width h > 0 (default: 0.5)"
+        "--band-width",
+        type=positive_float,
+        default=DEFAULTS.band_width,
+        metavar="H",
+        help=f"band width h > 0 (default: {DEFAULTS.band_width})",
     )
     group.add_argument(
         "--loss-type",
-        choices=("cosine", "l1", "l2"),
-        default="cosine",
-        help="distance between features (default: cosine)",
+        choices=LOSS_TYPES,
+        default=DEFAULTS.loss_type,
+        help=f"distance between features (default: {DEFAULTS.loss_type})",
     )
     group.add_argument(
         "--weight-sp",
         type=nonnegative_float,
-        default=0.1,
+        default=DEFAULT_WEIGHT_SP,
         metavar="W",
-        help="CoBi's spatial weight w_s (default: 0.1)",
+        help=f"CoBi's spatial weight w_s (default: {DEFAULT_WEIGHT_SP})",
     )
     group.add_argument(
         "--cobi-form",
-        choices=("paper", "released"),
-        default="paper",
-        help="CoBi as in the paper (default) or the released code's mixture (reproduction only)",
+        choices=COBI_FORMS,
+        default=DEFAULTS.form,
+        help=f"CoBi as in the paper or the released code's mixture, for reproductions only (default: {DEFAULTS.form})",
     )
     size = parser.add_argument_group("size and device")
     size.add_argument(
@@ -170,11 +178,21 @@ def _add_sampling(group: argparse._ArgumentGroup) -> None:
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """A feature extractor, its layer weights and a one-line description."""
+    """A feature extractor, the weights of its maps and a one-line description.
+
+    Attributes:
+        extractor: maps an image to a dict of named feature maps (in eval mode).
+        layer_weights: name -> weight of each compared map.
+        description: one line for the report.
+        layers: the loss modules' ``layers=`` argument that goes with ``features=extractor``:
+            ``None`` (every map the extractor returns, weight 1) or ``layer_weights``.
+
+    """
 
     extractor: nn.Module
     layer_weights: dict[str, float]
     description: str
+    layers: dict[str, float] | None = None
 
 
 def _parse_layers(text: str) -> dict[str, float]:
@@ -197,41 +215,39 @@ def build_features(args: argparse.Namespace) -> FeatureSpec:
         CommandError: bad feature options, an unknown VGG19 layer, unreadable or missing weights.
 
     """
-    from contextual_loss.modules import ContextualLoss
-
     if args.vgg_layers is None and (args.weights is not None or args.vgg_pooling != "max"):
         raise CommandError("--weights and --vgg-pooling only apply to VGG19 features; add --vgg-layers conv3_2,conv4_2")
     if args.vgg_layers is not None:
         return _vgg_features(args)
     if args.pixels:
-        module = ContextualLoss()
-        return FeatureSpec(module.features.eval(), dict(module.layer_weights), "pixels (RGB values)")
-    module = ContextualLoss(patch_size=args.patch_size, padding=args.padding)
+        return FeatureSpec(IdentityFeatures().eval(), {"input": 1.0}, "pixels (RGB values)")
     size = args.patch_size
     return FeatureSpec(
-        module.features.eval(), dict(module.layer_weights), f"{size}x{size} RGB patches ({args.padding} padding)"
+        PatchFeatures(size, args.padding).eval(),
+        {"patches": 1.0},
+        f"{size}x{size} RGB patches ({args.padding} padding)",
     )
 
 
 def _vgg_features(args: argparse.Namespace) -> FeatureSpec:
     """VGG19 features of the named layers; weights from the hub cache, a file, or random."""
-    from contextual_loss.modules import ContextualLoss
-
-    layers = _parse_layers(args.vgg_layers)
-    weights: str | None = args.weights or "imagenet"
-    if weights == "random":
-        weights = None
-    elif weights != "imagenet" and not Path(weights).is_file():
-        raise CommandError(f"--weights: no such file: {weights} (give a state dict file, 'imagenet' or 'random')")
+    given: str = args.weights or "imagenet"
+    if given not in ("imagenet", "random") and not Path(given).is_file():
+        raise CommandError(f"--weights: no such file: {given} (give a state dict file, 'imagenet' or 'random')")
+    weights = None if given == "random" else given
     try:
-        module = ContextualLoss(layers=layers, weights=weights, pooling=args.vgg_pooling)
-    except FileNotFoundError as error:  # the ImageNet weights are not cached and cannot be downloaded
-        raise CommandError(f"VGG19 features: {error} (command line: --weights PATH or --weights random)") from error
-    except (ValueError, TypeError, OSError) as error:  # unknown layer, unreadable weights
+        layers = normalize_layers(_parse_layers(args.vgg_layers)) or {}  # never empty: _parse_layers checks
+        extractor = VGG19Features(list(layers), weights=weights, pooling=args.vgg_pooling)
+    except WeightsNotFoundError as error:  # the ImageNet weights are not cached and cannot be downloaded
+        raise CommandError(
+            f"VGG19 features: {error}. On the command line: run `contextual-loss download-weights` on a machine "
+            "with internet (see its --help), or pass --weights PATH or --weights random"
+        ) from error
+    except (ValueError, TypeError, OSError) as error:  # unknown layer, negative weight, unreadable weights
         raise CommandError(f"VGG19 features: {error}") from error
-    names = ", ".join(f"{name} x{weight:g}" for name, weight in module.layer_weights.items())
+    names = ", ".join(f"{name} x{weight:g}" for name, weight in layers.items())
     source = {None: "random weights", "imagenet": "ImageNet weights"}.get(weights, f"weights {weights}")
-    return FeatureSpec(module.features.eval(), dict(module.layer_weights), f"VGG19 {names} ({source})")
+    return FeatureSpec(extractor.eval(), layers, f"VGG19 {names} ({source})", layers=layers)
 
 
 def resolve_device(name: str) -> torch.device:

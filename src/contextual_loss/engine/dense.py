@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
 from contextual_loss import maths
-from contextual_loss.engine.types import ContextualMatch, SpatialTerm
+from contextual_loss._deprecation import warn_renamed
+from contextual_loss.engine.types import ContextualMatch, EngineResult, SpatialTerm
 
-__all__ = ["dense_log_cx_matrix", "dense_log_similarity", "dense_match"]
+__all__ = ["dense_evaluate", "dense_log_cx_matrix", "dense_log_similarity", "dense_match"]
 
 
 def dense_log_cx_matrix(
@@ -37,6 +37,22 @@ def dense_log_cx_matrix(
     return maths.mix_released(maths.log_cx_matrix(d, band_width, eps), log_sp, spatial.weight)
 
 
+def dense_evaluate(
+    x: Tensor,
+    y: Tensor,
+    *,
+    loss_type: maths.Distance,
+    band_width: float,
+    eps: float,
+    spatial: SpatialTerm | None = None,
+) -> EngineResult:
+    """Log CX per image (B,) and the per-target best matches (B, M) of prepared sets x (B, N, C), y (B, M, C)."""
+    a = dense_log_cx_matrix(x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial)
+    best, index = a.max(dim=1)
+    log_sim = best.logsumexp(dim=-1) - math.log(best.shape[-1])
+    return EngineResult(log_sim, best.detach(), index)
+
+
 def dense_log_similarity(
     x: Tensor,
     y: Tensor,
@@ -46,9 +62,9 @@ def dense_log_similarity(
     eps: float,
     spatial: SpatialTerm | None = None,
 ) -> Tensor:
-    """Log CX(X, Y) per image, (B,)."""
-    a = dense_log_cx_matrix(x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial)
-    return maths.log_cx_from_matrix(a)
+    """Deprecated: ``dense_evaluate(...).log_similarity`` (same arguments)."""
+    warn_renamed("contextual_loss.engine.dense_log_similarity", "dense_evaluate(...).log_similarity")
+    return dense_evaluate(x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial).log_similarity
 
 
 def dense_match(
@@ -60,8 +76,9 @@ def dense_match(
     eps: float,
     spatial: SpatialTerm | None = None,
 ) -> ContextualMatch:
-    """Per-target matches i*(j), max_i CX_ij and log CX(X, Y), from the dense matrix."""
-    a = dense_log_cx_matrix(x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial)
-    best, index = a.max(dim=1)
-    log_sim = torch.logsumexp(best, dim=-1) - math.log(best.shape[-1])
-    return ContextualMatch(log_similarity=log_sim, index=index, similarity=best.exp())
+    """Deprecated: per-target matches from :func:`dense_evaluate` (same arguments) as a :class:`ContextualMatch`."""
+    warn_renamed("contextual_loss.engine.dense_match", "dense_evaluate(...)")
+    result = dense_evaluate(x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial)
+    return ContextualMatch(
+        log_similarity=result.log_similarity, prediction_index=result.prediction_index, similarity=result.best.exp()
+    )

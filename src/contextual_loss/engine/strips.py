@@ -42,8 +42,7 @@ __all__ = [
 DEFAULT_MEMORY_BUDGET = 64 * 2**20
 
 #: The tallest strip used. Taller strips re-read Y less often (each strip's GEMM reads all of Y),
-#: but beyond about 512 rows the GEMM output and the elementwise passes over it fall out of cache
-#: and get slower (measured on a 2-core CPU; see docs/engine.md).
+#: but the GEMM output and the elementwise work on it fall out of cache (see docs/engine.md).
 MAX_STRIP_ROWS = 512
 
 
@@ -65,15 +64,6 @@ class StripPlan:
     columns: int
     tiles: int
     itemsize: int
-
-    @property
-    def backward_rows(self) -> int:
-        """Rows per backward strip: ``rows``.
-
-        The backward holds as many buffers as the forward: the recomputed log-softmax and its
-        exponential, plus the distance's extras.
-        """
-        return self.rows
 
     @property
     def workspace_bytes(self) -> int:
@@ -176,20 +166,15 @@ def spatial_tile(pos_x: Tensor, pos_y: Tensor, form: CoBiForm) -> Tensor:
 class StripDistance:
     """Per-image operands of one feature distance, evaluated and differentiated strip by strip.
 
-    Subclasses set ``base`` (beta_i of the module docstring, (N,)), ``floor`` (a lower bound of
-    u per row, (N,), which only decides how carefully exponentials are taken), ``clamp``
-    (whether the row minimum of d is clamped at 0 against rounding, as the dense reference
-    clamps d), and ``extra_tiles`` (strip buffers the distance allocates itself).
+    Subclasses set ``base`` (beta_i of the module docstring, (N,)) and ``clamp`` (whether the
+    row minimum of d is clamped at 0 against rounding, as the dense reference clamps d).
     """
 
     clamp: bool = True
-    extra_tiles: int = 0
 
     def __init__(self, x: Tensor, y: Tensor) -> None:
         self.x, self.y = x, y
         self.base = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
-        # |<x, y>| <= 1 for unit or zero vectors (a margin covers rounding).
-        self.floor = torch.full_like(self.base, -1.0 - 1e-3)
 
     def affinity(self, rows: Tensor | slice, out: Tensor) -> Tensor:
         """U of the given prediction rows against every target, written to ``out`` when it is a GEMM."""
@@ -228,9 +213,6 @@ class _SquaredL2Distance(StripDistance):
         ones_x = x.new_ones(x.shape[0], 1)
         ones_y = y.new_ones(y.shape[0], 1)
         self.base = x.pow(2).sum(-1)
-        # d <= (|x| + max |y|)^2, so u = |x|^2 - d is at least |x|^2 - (|x| + max |y|)^2.
-        norm_x = self.base.sqrt()
-        self.floor = self.base - (norm_x + y.norm(dim=-1).amax()).pow(2) - 1e-3 * (1.0 + self.base)
         self._x1 = torch.cat((x, ones_x), dim=1)
         self._y_aug = torch.cat((2.0 * y, -y.pow(2).sum(-1, keepdim=True)), dim=1)
         self._y1 = torch.cat((y, ones_y), dim=1)
@@ -257,29 +239,25 @@ class _SquaredL2Distance(StripDistance):
 
 
 class _L1Distance(StripDistance):
-    """d = sum |x - y| (torch.cdist, p = 1); u = -d. The backward is autograd of one strip's cdist."""
+    """d = sum |x - y| (torch.cdist, p = 1); u = -d. The backward is cdist's own backward of one strip."""
 
     clamp = False
-    extra_tiles = 1
 
     def __init__(self, x: Tensor, y: Tensor) -> None:
         super().__init__(x, y)
         self.base = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        # d <= |x|_1 + max |y|_1.
-        norm_x = x.abs().sum(-1)
-        self.floor = -(norm_x + y.abs().sum(-1).amax()) * (1.0 + 1e-3) - 1e-3
 
     def affinity(self, rows: Tensor | slice, out: Tensor) -> Tensor:
         return torch.cdist(self.x[rows], self.y, p=1.0).neg_()
 
     def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
-        with torch.enable_grad():
-            xs = self.x[rows].detach().requires_grad_(True)
-            y = self.y.detach().requires_grad_(True)
-            d = torch.cdist(xs, y, p=1.0)
-            gx, gy = torch.autograd.grad(d, (xs, y), grad.mul_(scale.unsqueeze(1)))
-        dx[rows] = gx
-        dy.add_(gy)
+        # cdist's derivative formula, called directly: the engine runs inside a custom operator,
+        # below autograd, where autograd.grad of a recomputed cdist would record nothing.
+        xs = self.x[rows].contiguous()
+        d = torch.cdist(xs, self.y, p=1.0)
+        g = grad.mul_(scale.unsqueeze(1))
+        dx[rows] = torch.ops.aten._cdist_backward(g, xs, self.y, 1.0, d)
+        dy.add_(torch.ops.aten._cdist_backward(g.mT.contiguous(), self.y, xs, 1.0, d.mT.contiguous()))
 
 
 _DISTANCES: dict[str, type[StripDistance]] = {

@@ -18,7 +18,7 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import torch
 from torch import Tensor
@@ -27,11 +27,14 @@ if TYPE_CHECKING:
     from torchvision.models import VGG19_Weights
 
 __all__ = [
+    "RELOADABLE_SOURCES",
     "WeightsArg",
     "WeightsNotFoundError",
+    "WeightsSource",
     "download_vgg19_weights",
     "load_vgg19_state_dict",
     "vgg19_cache_path",
+    "weights_source",
 ]
 
 #: What ``weights=`` accepts: ``"imagenet"``, a torchvision enum member, a path, a state dict or ``None``.
@@ -53,6 +56,14 @@ def _is_torchvision_weights(weights: object) -> bool:
     models = sys.modules.get("torchvision.models")
     return models is not None and isinstance(weights, models.VGG19_Weights)
 
+
+#: Where an extractor's weights came from: torchvision's ImageNet checkpoint in the torch hub cache, a
+#: file, an in-memory state dict or the random initialisation.
+WeightsSource = Literal["imagenet", "file", "state_dict", "random"]
+
+#: The sources a loss reads again by itself when it is constructed: checkpoints need not hold their
+#: weights. A state dict passed in memory or random weights cannot be recovered that way.
+RELOADABLE_SOURCES: tuple[WeightsSource, ...] = ("imagenet", "file")
 
 _FEATURE_KEY = re.compile(r"features\.(\d+)\.(weight|bias)")
 
@@ -187,3 +198,12 @@ def load_vgg19_state_dict(weights: WeightsArg, *, download: bool = True) -> dict
         )
     _check_format(state, source)
     return {key.removeprefix("features."): value for key, value in state.items() if key.startswith("features.")}
+
+
+def weights_source(weights: WeightsArg) -> WeightsSource:
+    """Where weights accepted by :func:`load_vgg19_state_dict` come from (see :data:`WeightsSource`)."""
+    if _is_torchvision_weights(weights) or (isinstance(weights, str) and weights == "imagenet"):
+        return "imagenet"
+    if isinstance(weights, (str, os.PathLike)):
+        return "file"
+    return "random" if weights is None else "state_dict"
