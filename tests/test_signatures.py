@@ -44,7 +44,10 @@ SIGNATURES = {
         {"x", "y", "reduction", "generator"},
     ),
     contextual_match: ("x y band_width loss_type weight_sp form eps center engine memory_budget", {"x", "y"}),
-    explain_match: ("x y band_width loss_type weight_sp form eps center matrices", {"x", "y", "matrices"}),
+    explain_match: (
+        "x y band_width loss_type weight_sp form eps center max_points generator matrices",
+        {"x", "y", "generator", "matrices"},
+    ),
     ContextualLoss: (
         "band_width loss_type use_vgg vgg_layer layers features weights pooling input_range patch_size padding "
         "eps center reduction max_points engine memory_budget",

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal, cast, get_args
 
 from contextual_loss._validation import (
@@ -44,20 +45,27 @@ from contextual_loss._validation import (
 from contextual_loss.maths import Center, CoBiForm, Distance
 
 __all__ = [
+    "AUTO",
     "CENTERS",
     "COBI_FORMS",
     "DEFAULTS",
     "DEFAULT_WEIGHT_SP",
     "ENGINES",
     "LOSS_TYPES",
+    "PIXEL_FEATURE_DEFAULTS",
     "REDUCTIONS",
+    "VGG_FEATURE_DEFAULTS",
+    "WEIGHT_SP_BY_DISTANCE",
     "Center",
     "CoBiForm",
     "ContextualOptions",
     "Distance",
     "EngineName",
+    "FeatureDefaults",
+    "FeatureKind",
     "Reduction",
     "check_reduction",
+    "feature_defaults",
 ]
 
 EngineName = Literal["auto", "dense", "streaming"]
@@ -70,8 +78,76 @@ COBI_FORMS: tuple[str, ...] = get_args(CoBiForm)
 ENGINES: tuple[str, ...] = get_args(EngineName)
 REDUCTIONS: tuple[str, ...] = get_args(Reduction)
 
-#: CoBi's default spatial weight w_s (the functions' and modules' ``weight_sp`` default).
-DEFAULT_WEIGHT_SP = 0.1
+#: CoBi's default spatial weight w_s per feature distance. The spatial distance D' lies in
+#: [0, sqrt(2)] (positions scaled by 1 / max(H, W)); w_s is read against the distance of two similar
+#: features: cosine distances lie in [0, 2] (Zhang et al.'s 0.1), l1 distances of 5 x 5 RGB patches
+#: of photos are about 2-5 for close matches (1.0 measured best in training, docs/training.md).
+WEIGHT_SP_BY_DISTANCE: Mapping[Distance, float] = MappingProxyType({"cosine": 0.1, "l1": 1.0, "l2": 1.0})
+
+#: CoBi's default spatial weight w_s for the cosine distance: the functional API's and the drop-in
+#: modules' ``weight_sp`` default.
+DEFAULT_WEIGHT_SP = WEIGHT_SP_BY_DISTANCE["cosine"]
+
+#: ``loss_type="auto"`` / ``weight_sp=None`` in the modules, ``--loss-type``/``--weight-sp`` left out
+#: on the command line: the value follows the features (:func:`feature_defaults`).
+AUTO = "auto"
+
+#: What the features are, for their defaults: raw ``"pixels"`` (pixels and n x n patches of the
+#: image) or ``"deep"`` features (VGG19 layers, any extractor of yours, and the image itself in the
+#: drop-in ``ContextualLoss()``).
+FeatureKind = Literal["pixels", "deep"]
+
+
+@dataclass(frozen=True)
+class FeatureDefaults:
+    """The options that follow the features when they are not given.
+
+    Attributes:
+        loss_type: the feature distance.
+        weight_sp: CoBi's spatial weight w_s for that distance.
+
+    """
+
+    loss_type: Distance
+    weight_sp: float
+
+
+#: The distance for each kind of features: cosine for deep features (the papers and
+#: contextual_loss_pytorch), l1 for pixels and patches (identical photos give loss 0, the loss
+#: grows with the shift, and it trains better: docs/definition.md section 6.4, docs/training.md).
+_DISTANCE_BY_KIND: Mapping[str, Distance] = MappingProxyType({"pixels": "l1", "deep": "cosine"})
+
+
+def feature_defaults(kind: FeatureKind, loss_type: Distance | None = None) -> FeatureDefaults:
+    """The distance and CoBi spatial weight used for ``kind`` features when they are not given.
+
+    Args:
+        kind: ``"pixels"`` (pixels and n x n patches) or ``"deep"`` (VGG19 or your own extractor).
+        loss_type: the distance, if given: then only ``weight_sp`` follows it.
+
+    Returns:
+        A :class:`FeatureDefaults`.
+
+    Raises:
+        ValueError: unknown ``kind`` or ``loss_type``.
+
+    Examples:
+        >>> from contextual_loss.options import feature_defaults
+        >>> feature_defaults("pixels")
+        FeatureDefaults(loss_type='l1', weight_sp=1.0)
+        >>> feature_defaults("deep")
+        FeatureDefaults(loss_type='cosine', weight_sp=0.1)
+
+    """
+    check_choice("kind", kind, tuple(_DISTANCE_BY_KIND))
+    distance = _DISTANCE_BY_KIND[kind] if loss_type is None else loss_type
+    check_choice("loss_type", distance, LOSS_TYPES)
+    return FeatureDefaults(distance, WEIGHT_SP_BY_DISTANCE[distance])
+
+
+#: The defaults of pixel and patch features, and of deep features.
+PIXEL_FEATURE_DEFAULTS = feature_defaults("pixels")
+VGG_FEATURE_DEFAULTS = feature_defaults("deep")
 
 
 @dataclass(frozen=True)

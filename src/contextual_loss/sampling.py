@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["sample_indices", "sample_sets"]
+__all__ = ["sample_indices", "sample_positions", "sample_sets"]
 
 
 def sample_indices(
@@ -26,6 +26,27 @@ def sample_indices(
     gen_device = generator.device if generator is not None else torch.device("cpu")
     perm = torch.randperm(count, generator=generator, device=gen_device)
     return perm[:max_points].to(device)
+
+
+def sample_positions(
+    n: int,
+    m: int,
+    max_points: int | None,
+    *,
+    shared: bool,
+    generator: torch.Generator | None = None,
+    device: torch.device | None = None,
+) -> tuple[Tensor | None, Tensor | None]:
+    """The positions :func:`sample_sets` keeps of N prediction and M target vectors.
+
+    Returns:
+        ``(idx_x, idx_y)``: at most ``max_points`` indices each (``None`` where all are kept);
+        ``idx_y`` is ``idx_x`` when ``shared``.
+
+    """
+    idx_x = sample_indices(n, max_points, generator=generator, device=device)
+    idx_y = idx_x if shared else sample_indices(m, max_points, generator=generator, device=device)
+    return idx_x, idx_y
 
 
 def sample_sets(
@@ -52,8 +73,9 @@ def sample_sets(
         The sampled ``(x, y, pos_x, pos_y)``; the same indices serve every batch element.
 
     """
-    idx_x = sample_indices(x.shape[1], max_points, generator=generator, device=x.device)
-    idx_y = idx_x if shared else sample_indices(y.shape[1], max_points, generator=generator, device=y.device)
+    idx_x, idx_y = sample_positions(
+        x.shape[1], y.shape[1], max_points, shared=shared, generator=generator, device=x.device
+    )
     if idx_x is not None:
         x, pos_x = x[:, idx_x], pos_x[idx_x]
     if idx_y is not None:

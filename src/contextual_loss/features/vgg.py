@@ -124,9 +124,27 @@ def _config_prefix(last: int) -> list[int | str]:
     return prefix
 
 
+def _torchvision_make_layers() -> Any:
+    """torchvision's VGG builder, imported here: the losses alone never need torchvision.
+
+    Raises:
+        ImportError: torchvision is missing or cannot be imported (a torchvision built for another
+            torch fails with errors such as ``operator torchvision::nms does not exist``).
+
+    """
+    try:
+        from torchvision.models.vgg import make_layers
+    except Exception as error:  # ImportError, or the RuntimeError of a torchvision that does not match torch
+        raise ImportError(
+            f"VGG19 features need torchvision, which cannot be imported ({type(error).__name__}: {error}); "
+            f"install the torchvision release that matches torch {torch.__version__.split('+')[0]}"
+        ) from error
+    return make_layers
+
+
 def _build_body(last: int, pooling: str) -> nn.Sequential:
     """Build torchvision's VGG19 ``features`` up to index ``last``, on the meta device (no memory yet)."""
-    from torchvision.models.vgg import make_layers  # imported here: the losses alone never need torchvision
+    make_layers = _torchvision_make_layers()
 
     # Only the needed prefix, and without initialising it: weights are either loaded or drawn later.
     with torch.device("meta"):
