@@ -24,7 +24,11 @@ from contextual_loss.functional import (
     contextual_match,
     contextual_similarity,
 )
-from contextual_loss.options import DEFAULT_WEIGHT_SP, DEFAULTS, ContextualOptions
+from contextual_loss.options import AUTO, DEFAULT_WEIGHT_SP, DEFAULTS, FUNCTIONAL_COBI_BAND_WIDTH, ContextualOptions
+
+#: The modules' distance and CoBi's spatial weight follow the features unless given.
+MODULES = (ContextualLoss, ContextualBilateralLoss)
+MODULE_DEFAULTS = {"loss_type": AUTO, "weight_sp": None}
 
 OPTION_NAMES = {field.name for field in dataclasses.fields(ContextualOptions)}
 FEATURE_NAMES = set(inspect.signature(select_features).parameters)
@@ -84,6 +88,10 @@ def test_option_defaults_are_the_declared_ones(api) -> None:
     for name, parameter in _parameters(api).items():
         if name in OPTION_NAMES:
             expected = DEFAULT_WEIGHT_SP if bilateral and name == "weight_sp" else getattr(DEFAULTS, name)
+            if api is contextual_bilateral_loss and name == "band_width":
+                expected = FUNCTIONAL_COBI_BAND_WIDTH  # contextual_loss_pytorch's function: 1.0 (its modules: 0.5)
+            if api in MODULES and name in ("loss_type", "weight_sp"):
+                expected = MODULE_DEFAULTS[name]  # chosen by the features (feature_defaults)
             assert parameter.default == expected, (api.__name__, name)
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "DEFAULTS",
     "DEFAULT_WEIGHT_SP",
     "ENGINES",
+    "FUNCTIONAL_COBI_BAND_WIDTH",
     "LOSS_TYPES",
     "PIXEL_FEATURE_DEFAULTS",
     "REDUCTIONS",
@@ -88,9 +89,14 @@ WEIGHT_SP_BY_DISTANCE: Mapping[Distance, float] = MappingProxyType({"cosine": 0.
 #: modules' ``weight_sp`` default.
 DEFAULT_WEIGHT_SP = WEIGHT_SP_BY_DISTANCE["cosine"]
 
+#: The band width default of the functional :func:`~contextual_loss.functional.contextual_bilateral_loss`:
+#: 1.0, as in contextual_loss_pytorch's function (drop-in); the modules and every other function
+#: default to ``DEFAULTS.band_width`` = 0.5, as its modules do.
+FUNCTIONAL_COBI_BAND_WIDTH = 1.0
+
 #: ``loss_type="auto"`` / ``weight_sp=None`` in the modules, ``--loss-type``/``--weight-sp`` left out
 #: on the command line: the value follows the features (:func:`feature_defaults`).
-AUTO = "auto"
+AUTO: Literal["auto"] = "auto"
 
 #: What the features are, for their defaults: raw ``"pixels"`` (pixels and n x n patches of the
 #: image) or ``"deep"`` features (VGG19 layers, any extractor of yours, and the image itself in the

@@ -41,7 +41,7 @@ def test_two_layers_with_weights_from_a_file(run_cli, images, weights_file, offl
         fx, fy = module.features(load_image(images.shifted)), module.features(load_image(images.reference))
     for name in ("conv1_2", "relu2_2"):
         assert data["layers"][name]["cx"] == pytest.approx(float(contextual_similarity(fx[name], fy[name])), rel=1e-5)
-        cobi = contextual_bilateral_loss(fx[name], fy[name], 0.1)
+        cobi = contextual_bilateral_loss(fx[name], fy[name], 0.1, 0.5)  # the modules' band width
         assert data["layers"][name]["cobi_loss"] == pytest.approx(float(cobi), rel=1e-5)
     layers = data["layers"]
     assert data["cx_loss"] == pytest.approx(layers["conv1_2"]["cx_loss"] + 0.5 * layers["relu2_2"]["cx_loss"])

@@ -6,7 +6,7 @@ The RGB-patch experiments of Mechrez et al. (ECCV 2018) and the n x n RGB patche
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -16,7 +16,7 @@ from contextual_loss._validation import check_choice, check_positive_int
 __all__ = ["IdentityFeatures", "PatchFeatures", "extract_patches"]
 
 Padding = Literal["reflect", "zero", "none"]
-PADDINGS = ("reflect", "zero", "none")
+PADDINGS: tuple[str, ...] = get_args(Padding)
 
 
 def extract_patches(image: Tensor, size: int, padding: Padding = "reflect") -> Tensor:

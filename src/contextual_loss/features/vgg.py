@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +41,7 @@ from contextual_loss.features.weights import (
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "VGG19_LAYERS", "VGG19Features", "parse_vgg19_layers"]
 
 Pooling = Literal["max", "avg"]
-POOLINGS = ("max", "avg")
+POOLINGS: tuple[str, ...] = get_args(Pooling)
 
 #: torchvision's normalisation for its ImageNet weights (inputs in [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -125,7 +125,7 @@ def _config_prefix(last: int) -> list[int | str]:
 
 
 def _torchvision_make_layers() -> Any:
-    """torchvision's VGG builder, imported here: the losses alone never need torchvision.
+    """The VGG builder of torchvision, imported here: the losses alone never need torchvision.
 
     Raises:
         ImportError: torchvision is missing or cannot be imported (a torchvision built for another
