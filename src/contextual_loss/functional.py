@@ -81,7 +81,11 @@ def contextual_similarity(
     vector has an exclusive match in the prediction, 1/M for unrelated sets. It ignores
     positions: it is unchanged by permuting either set. Exact duplicates among the target's
     vectors cap it below 1 (:func:`contextual_loss.explain.target_duplicates`; docs/definition.md,
-    section 6.3). Arguments as in :func:`contextual_loss`, without ``reduction``.
+    section 6.3).
+
+    Args:
+        x, y, band_width, loss_type, eps, center, max_points, generator, engine, memory_budget:
+            as in :func:`contextual_loss` (which has no ``reduction`` here).
 
     Returns:
         (B,) tensor of CX values, float32 (float64 for float64 inputs).

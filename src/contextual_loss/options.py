@@ -112,6 +112,10 @@ class FeatureDefaults:
         loss_type: the feature distance.
         weight_sp: CoBi's spatial weight w_s for that distance.
 
+    Examples:
+        >>> FeatureDefaults("l1", 1.0) == feature_defaults("pixels")
+        True
+
     """
 
     loss_type: Distance
@@ -171,6 +175,14 @@ class ContextualOptions:
         max_points: compare at most this many randomly drawn positions per map, or ``None``.
         engine: ``"auto"``, ``"dense"`` or ``"streaming"``.
         memory_budget: bytes of strip workspace for the streaming engine, or ``None`` (default).
+
+    Raises:
+        TypeError, ValueError: a field of the wrong type or out of range, naming the field.
+
+    Examples:
+        >>> options = ContextualOptions(band_width=0.1, loss_type="l1", max_points=4096)
+        >>> options.replace(band_width=0.2).band_width, options.is_bilateral
+        (0.2, False)
 
     """
 
@@ -238,6 +250,21 @@ DEFAULTS = ContextualOptions()
 
 
 def check_reduction(reduction: Any) -> Reduction:
-    """Return ``reduction``, raising ``ValueError`` unless it is ``"mean"``, ``"sum"`` or ``"none"``."""
+    """Check a ``reduction`` argument.
+
+    Args:
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Returns:
+        ``reduction``, typed as :data:`Reduction`.
+
+    Raises:
+        ValueError: any other value.
+
+    Examples:
+        >>> check_reduction("sum")
+        'sum'
+
+    """
     check_choice("reduction", reduction, REDUCTIONS)
     return cast(Reduction, reduction)

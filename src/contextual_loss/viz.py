@@ -49,6 +49,11 @@ def require_matplotlib() -> Any:
     Raises:
         MissingExtraError: matplotlib is not installed.
 
+    Examples:
+        >>> Figure = require_matplotlib()
+        >>> Figure.__name__
+        'Figure'
+
     """
     try:
         from matplotlib.figure import Figure
@@ -61,7 +66,24 @@ def require_matplotlib() -> Any:
 
 
 def save_figure(figure: Figure, path: str | os.PathLike, *, dpi: int = 100) -> Path:
-    """Write ``figure`` to ``path`` (PNG by its ending), creating the folder; returns the path."""
+    """Write ``figure`` to ``path`` (the format by its ending), creating the folder.
+
+    Args:
+        figure: a matplotlib ``Figure``, e.g. from :func:`plot_explanation`.
+        path: the file to write (``.png``, ``.pdf``, ``.svg``, ...); an existing file is overwritten.
+        dpi: resolution of raster formats.
+
+    Returns:
+        The path written.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> figure = require_matplotlib()(figsize=(2, 2))
+        >>> save_figure(figure, Path(tempfile.mkdtemp()) / "figs" / "empty.png").name
+        'empty.png'
+
+    """
     file = Path(path)
     file.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(file, dpi=dpi, bbox_inches="tight")
@@ -74,8 +96,18 @@ def displacement_to_rgb(displacement: Tensor | np.ndarray, max_magnitude: float 
     Zero displacement is white; a displacement of ``max_magnitude`` (default: the largest in
     the field) is fully saturated. Right is red, down is yellow-green, left cyan, up violet.
 
+    Args:
+        displacement: (H, W, 2) displacements, (row, col) in cells.
+        max_magnitude: the length drawn fully saturated; longer ones are clipped.
+
     Returns:
         (H, W, 3) float array in [0, 1].
+
+    Examples:
+        >>> import numpy as np
+        >>> field = np.array([[[0.0, 0.0], [0.0, 1.0]]])  # no move, one cell to the right
+        >>> displacement_to_rgb(field).round(2).tolist()
+        [[[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]]
 
     """
     field = np.asarray(displacement, dtype=np.float64)
@@ -111,7 +143,21 @@ def _image_array(image: Tensor) -> np.ndarray:
 
 
 def draw_image(ax: Axes, image: Tensor, title: str) -> None:
-    """Show a (1, C, H, W) or (C, H, W) image with values in [0, 1] on ``ax``, without ticks."""
+    """Show a (1, C, H, W) or (C, H, W) image with values in [0, 1] on ``ax``, without ticks.
+
+    Args:
+        ax: a matplotlib ``Axes``.
+        image: the image (C = 1 is drawn grey, C = 3 as RGB).
+        title: the axes' title.
+
+    Examples:
+        >>> import torch
+        >>> ax = require_matplotlib()().add_subplot()
+        >>> draw_image(ax, torch.rand(3, 8, 8), "noise")
+        >>> ax.get_title()
+        'noise'
+
+    """
     array = _image_array(image)
     ax.imshow(array, cmap="gray" if array.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title, fontsize=9)
@@ -287,6 +333,17 @@ def plot_explanation(
 
     Returns:
         A matplotlib ``Figure`` (Agg canvas); save it with :func:`save_figure`.
+
+    Raises:
+        MissingExtraError: matplotlib is not installed.
+
+    Examples:
+        >>> import torch
+        >>> from contextual_loss.explain import explain_match
+        >>> x = torch.rand(1, 3, 6, 6)
+        >>> figure = plot_explanation(explain_match(x, x.roll(1, -1), loss_type="l1"), x, x.roll(1, -1))
+        >>> len(figure.axes) > 4
+        True
 
     """
     Figure = require_matplotlib()

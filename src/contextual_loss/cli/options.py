@@ -33,6 +33,7 @@ from contextual_loss.options import (
     LOSS_TYPES,
     PIXEL_FEATURE_DEFAULTS,
     VGG_FEATURE_DEFAULTS,
+    WEIGHT_SP_BY_DISTANCE,
     FeatureKind,
     feature_defaults,
 )
@@ -129,7 +130,7 @@ def add_loss_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="W",
         help="CoBi's spatial weight w_s, read against the feature distance (default: "
-        + ", ".join(f"{weight:g} for {distance}" for distance, weight in _weights_by_distance().items())
+        + ", ".join(f"{weight:g} for {distance}" for distance, weight in WEIGHT_SP_BY_DISTANCE.items())
         + ")",
     )
     group.add_argument(
@@ -138,12 +139,6 @@ def add_loss_options(parser: argparse.ArgumentParser) -> None:
         default=DEFAULTS.form,
         help=f"CoBi as in the paper or the released code's mixture, for reproductions only (default: {DEFAULTS.form})",
     )
-
-
-def _weights_by_distance() -> dict[str, float]:
-    from contextual_loss.options import WEIGHT_SP_BY_DISTANCE
-
-    return dict(WEIGHT_SP_BY_DISTANCE)
 
 
 def add_size_options(parser: argparse.ArgumentParser, *, sampling: bool = True) -> None:

@@ -77,9 +77,19 @@ VGG19_LAYERS: dict[str, int] = _layer_table(_VGG19_CONFIG)
 def parse_vgg19_layers(layers: str | Sequence[str]) -> tuple[str, ...]:
     """Check VGG19 layer names and return them as a tuple without duplicates, in the given order.
 
+    Args:
+        layers: one name or a sequence of names (see :data:`VGG19_LAYERS`).
+
+    Returns:
+        The names, each once, in the order given.
+
     Raises:
         TypeError: ``layers`` is not a string or a sequence of strings.
         ValueError: an unknown name, or an empty sequence.
+
+    Examples:
+        >>> parse_vgg19_layers(["relu3_2", "conv4_2", "relu3_2"])
+        ('relu3_2', 'conv4_2')
 
     """
     names = (layers,) if isinstance(layers, str) else layers
@@ -203,7 +213,7 @@ def _random_init(body: nn.Sequential) -> None:
     """The initialisation of ``torchvision.models.vgg19(weights=None)``, on the CPU."""
     body.to_empty(device="cpu")
     for layer in body:
-        if isinstance(layer, nn.Conv2d):
+        if isinstance(layer, nn.Conv2d) and layer.bias is not None:  # VGG19's convolutions all have a bias
             nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(layer.bias)
 

@@ -72,6 +72,10 @@ class WeightsNotFoundError(FileNotFoundError):
 def vgg19_cache_path() -> Path:
     """Where the torch hub cache keeps torchvision's ImageNet VGG19 checkpoint (honours ``TORCH_HOME``).
 
+    Returns:
+        ``$TORCH_HOME/hub/checkpoints/vgg19-dcbb9e9d.pth`` (by default under ``~/.cache/torch``),
+        whether or not the file exists. Neither this function nor a download imports torchvision.
+
     Examples:
         >>> from contextual_loss.features import vgg19_cache_path
         >>> vgg19_cache_path().name
@@ -101,6 +105,11 @@ def download_vgg19_weights(dest: str | os.PathLike[str] | None = None, *, progre
     Raises:
         WeightsNotFoundError: the download failed (no network, HTTP error, ...).
         NotADirectoryError: ``dest`` or one of its parents is a file.
+
+    Examples:
+        >>> path = download_vgg19_weights()  # 548 MB from download.pytorch.org  # doctest: +SKIP
+        >>> path.name  # doctest: +SKIP
+        'vgg19-dcbb9e9d.pth'
 
     """
     folder = vgg19_cache_path().parent if dest is None else Path(dest)
@@ -198,6 +207,10 @@ def load_vgg19_state_dict(weights: WeightsArg, *, download: bool = True) -> dict
         ValueError: the file is unreadable or not a torchvision VGG19 state dict.
         TypeError: ``weights`` has an unsupported type.
 
+    Examples:
+        >>> load_vgg19_state_dict(None) is None  # random weights: nothing to load
+        True
+
     """
     if weights is None:
         return None
@@ -217,7 +230,19 @@ def load_vgg19_state_dict(weights: WeightsArg, *, download: bool = True) -> dict
 
 
 def weights_source(weights: WeightsArg) -> WeightsSource:
-    """Where weights accepted by :func:`load_vgg19_state_dict` come from (see :data:`WeightsSource`)."""
+    """Where weights accepted by :func:`load_vgg19_state_dict` come from (see :data:`WeightsSource`).
+
+    Args:
+        weights: anything ``weights=`` accepts.
+
+    Returns:
+        ``"imagenet"``, ``"file"``, ``"state_dict"`` or ``"random"``.
+
+    Examples:
+        >>> weights_source("imagenet"), weights_source("vgg19.pth"), weights_source(None)
+        ('imagenet', 'file', 'random')
+
+    """
     if _is_torchvision_weights(weights) or (isinstance(weights, str) and weights == "imagenet"):
         return "imagenet"
     if isinstance(weights, (str, os.PathLike)):
