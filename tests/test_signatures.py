@@ -36,30 +36,30 @@ FEATURE_NAMES = set(inspect.signature(select_features).parameters)
 #: Each API's parameters in order (today's drop-in signatures) and those that are not options.
 SIGNATURES = {
     contextual_similarity: (
-        "x y band_width loss_type eps center max_points generator engine memory_budget",
+        "x y band_width loss_type eps center max_points sample generator engine memory_budget",
         {"x", "y", "generator"},
     ),
     contextual_loss: (
-        "x y band_width loss_type eps center reduction max_points generator engine memory_budget",
+        "x y band_width loss_type eps center reduction max_points sample generator engine memory_budget",
         {"x", "y", "reduction", "generator"},
     ),
     contextual_bilateral_loss: (
-        "x y weight_sp band_width loss_type form eps center reduction max_points generator engine memory_budget",
+        "x y weight_sp band_width loss_type form eps center reduction max_points sample generator engine memory_budget",
         {"x", "y", "reduction", "generator"},
     ),
     contextual_match: ("x y band_width loss_type weight_sp form eps center engine memory_budget", {"x", "y"}),
     explain_match: (
-        "x y band_width loss_type weight_sp form eps center max_points generator matrices",
+        "x y band_width loss_type weight_sp form eps center max_points sample generator matrices",
         {"x", "y", "generator", "matrices"},
     ),
     ContextualLoss: (
         "band_width loss_type use_vgg vgg_layer layers features weights pooling input_range patch_size padding "
-        "eps center reduction max_points engine memory_budget",
+        "eps center reduction max_points sample engine memory_budget",
         FEATURE_NAMES | {"reduction"},
     ),
     ContextualBilateralLoss: (
         "weight_sp band_width loss_type use_vgg vgg_layer form layers features weights pooling input_range "
-        "patch_size padding eps center reduction max_points engine memory_budget",
+        "patch_size padding eps center reduction max_points sample engine memory_budget",
         FEATURE_NAMES | {"reduction"},
     ),
 }

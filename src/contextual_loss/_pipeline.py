@@ -120,7 +120,13 @@ def prepare(
         )
         shared = x.shape[-2:] == y.shape[-2:]  # the same positions for both maps, as the authors do
         idx_x, idx_y = sample_positions(
-            xs.shape[1], ys.shape[1], options.max_points, shared=shared, generator=generator, device=xs.device
+            xs.shape[1],
+            ys.shape[1],
+            options.max_points,
+            shared=shared,
+            generator=generator,
+            device=xs.device,
+            sample=options.sample,
         )
         if idx_x is not None:
             xs, pos_x = xs[:, idx_x], pos_x[idx_x]

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from contextual_loss import maths
 from contextual_loss._pipeline import PreparedSets, evaluate_prepared, full_precision, prepare
-from contextual_loss.options import DEFAULTS, Center, CoBiForm, ContextualOptions, Distance
+from contextual_loss.options import DEFAULTS, Center, CoBiForm, ContextualOptions, Distance, Sample
 
 __all__ = ["MATRIX_LIMIT", "Duplicates", "MatchExplanation", "explain_match", "target_duplicates"]
 
@@ -37,7 +37,7 @@ __all__ = ["MATRIX_LIMIT", "Duplicates", "MatchExplanation", "explain_match", "t
 MATRIX_LIMIT = 4096
 
 #: The options an explanation records in ``settings``.
-_SETTINGS = ("band_width", "loss_type", "weight_sp", "form", "eps", "center", "max_points")
+_SETTINGS = ("band_width", "loss_type", "weight_sp", "form", "eps", "center", "max_points", "sample")
 
 
 @dataclass(frozen=True)
@@ -232,6 +232,7 @@ def explain_match(
     eps: float = DEFAULTS.eps,
     center: Center = DEFAULTS.center,
     max_points: int | None = DEFAULTS.max_points,
+    sample: Sample = DEFAULTS.sample,
     generator: torch.Generator | None = None,
     matrices: bool | None = None,
 ) -> MatchExplanation:
@@ -256,6 +257,8 @@ def explain_match(
         max_points: if set, compare at most this many positions of each map, drawn at random as
             the losses draw them; the other target positions are left out of the explanation
             (``sampled`` marks the kept ones).
+        sample: which maps ``max_points`` samples, ``"both"`` or only the ``"target"`` (see
+            :func:`contextual_loss.functional.contextual_loss`).
         generator: ``torch.Generator`` for the sampling draws.
         matrices: also return the N x M matrices d~_ij and CX_ij (of the compared vectors);
             ``None`` (default) does so when N * M <= :data:`MATRIX_LIMIT`.

@@ -42,6 +42,7 @@ from contextual_loss.options import (
     Distance,
     EngineName,
     Reduction,
+    Sample,
     check_reduction,
 )
 
@@ -65,6 +66,7 @@ def contextual_similarity(
     eps: float = DEFAULTS.eps,
     center: Center = DEFAULTS.center,
     max_points: int | None = DEFAULTS.max_points,
+    sample: Sample = DEFAULTS.sample,
     generator: torch.Generator | None = None,
     engine: EngineName = DEFAULTS.engine,
     memory_budget: int | None = DEFAULTS.memory_budget,
@@ -84,8 +86,8 @@ def contextual_similarity(
     section 6.3).
 
     Args:
-        x, y, band_width, loss_type, eps, center, max_points, generator, engine, memory_budget:
-            as in :func:`contextual_loss` (which has no ``reduction`` here).
+        x, y, band_width, loss_type, eps, center, max_points, sample, generator, engine,
+            memory_budget: as in :func:`contextual_loss` (which has no ``reduction`` here).
 
     Returns:
         (B,) tensor of CX values, float32 (float64 for float64 inputs).
@@ -114,6 +116,7 @@ def contextual_loss(
     center: Center = DEFAULTS.center,
     reduction: Reduction = "mean",
     max_points: int | None = DEFAULTS.max_points,
+    sample: Sample = DEFAULTS.sample,
     generator: torch.Generator | None = None,
     engine: EngineName = DEFAULTS.engine,
     memory_budget: int | None = DEFAULTS.memory_budget,
@@ -145,6 +148,11 @@ def contextual_loss(
             ``"none"`` for the (B,) per-image losses.
         max_points: if set, compare at most this many randomly drawn positions per map (the
             authors used 65 * 65); the same positions of x and y when their shapes agree.
+        sample: which maps ``max_points`` samples: ``"both"`` (default; the authors' choice, for
+            training) or only the ``"target"``: every prediction position is kept, so each
+            sampled target vector still meets its true match, at a cost of N * max_points
+            (the command line compares images so: a shift of 1 px then costs little, where
+            sampling both maps makes any shift look almost unrelated; docs/cli.md).
         generator: ``torch.Generator`` for the sampling draws (``max_points``).
         engine: ``"auto"`` (default: the dense engine for small problems, the streaming engine
             otherwise), ``"dense"`` (full N x M matrices; supports double backward) or
@@ -162,7 +170,7 @@ def contextual_loss(
             (e.g. ``band_width="0.5"``); a ``generator`` that is not a ``torch.Generator``.
         ValueError: x or y is not (B, C, H, W), is empty or holds NaN/inf; their B or C differ;
             ``band_width`` or ``eps`` <= 0; an unknown ``loss_type``, ``center``, ``reduction``
-            or ``engine``; ``max_points`` or ``memory_budget`` < 1.
+            ``engine`` or ``sample``; ``max_points`` or ``memory_budget`` < 1.
 
     Examples:
         >>> import torch
@@ -190,6 +198,7 @@ def contextual_bilateral_loss(
     center: Center = DEFAULTS.center,
     reduction: Reduction = "mean",
     max_points: int | None = DEFAULTS.max_points,
+    sample: Sample = DEFAULTS.sample,
     generator: torch.Generator | None = None,
     engine: EngineName = DEFAULTS.engine,
     memory_budget: int | None = DEFAULTS.memory_budget,
@@ -222,7 +231,7 @@ def contextual_bilateral_loss(
             and the other functions default to 0.5).
         loss_type: ``"cosine"``, ``"l1"`` or ``"l2"``.
         form: ``"paper"`` or ``"released"``.
-        eps, center, reduction, max_points, generator, engine, memory_budget: as in
+        eps, center, reduction, max_points, sample, generator, engine, memory_budget: as in
             :func:`contextual_loss`.
 
     Returns:

@@ -49,6 +49,7 @@ from contextual_loss.options import (
     EngineName,
     FeatureKind,
     Reduction,
+    Sample,
     check_reduction,
     feature_defaults,
 )
@@ -97,6 +98,7 @@ class _ContextualModule(nn.Module):
     eps = _Option()
     center = _Option()
     max_points = _Option()
+    sample = _Option()
     engine = _Option()
     memory_budget = _Option()
 
@@ -225,7 +227,7 @@ class ContextualLoss(_ContextualModule):
         input_range: the (low, high) range of the images given to VGG19, (0, 1) by default.
         patch_size: compare the n x n patches of the image (layer ``"patches"``).
         padding: patch padding, ``"reflect"``, ``"zero"`` or ``"none"``.
-        eps, center, reduction, max_points, engine, memory_budget: as in
+        eps, center, reduction, max_points, sample, engine, memory_budget: as in
             :func:`contextual_loss.functional.contextual_loss`.
 
     Shapes:
@@ -270,6 +272,7 @@ class ContextualLoss(_ContextualModule):
         center: Center = DEFAULTS.center,
         reduction: Reduction = "mean",
         max_points: int | None = DEFAULTS.max_points,
+        sample: Sample = DEFAULTS.sample,
         engine: EngineName = DEFAULTS.engine,
         memory_budget: int | None = DEFAULTS.memory_budget,
     ) -> None:
@@ -328,7 +331,7 @@ class ContextualBilateralLoss(_ContextualModule):
             :func:`contextual_loss.functional.contextual_bilateral_loss`.
         layers, features, weights, pooling, input_range, patch_size, padding: the features, as in
             :class:`ContextualLoss`.
-        eps, center, reduction, max_points, engine, memory_budget: as in
+        eps, center, reduction, max_points, sample, engine, memory_budget: as in
             :func:`contextual_loss.functional.contextual_loss`.
 
     Shapes:
@@ -374,6 +377,7 @@ class ContextualBilateralLoss(_ContextualModule):
         center: Center = DEFAULTS.center,
         reduction: Reduction = "mean",
         max_points: int | None = DEFAULTS.max_points,
+        sample: Sample = DEFAULTS.sample,
         engine: EngineName = DEFAULTS.engine,
         memory_budget: int | None = DEFAULTS.memory_budget,
     ) -> None:

@@ -55,6 +55,7 @@ __all__ = [
     "LOSS_TYPES",
     "PIXEL_FEATURE_DEFAULTS",
     "REDUCTIONS",
+    "SAMPLES",
     "VGG_FEATURE_DEFAULTS",
     "WEIGHT_SP_BY_DISTANCE",
     "Center",
@@ -65,12 +66,17 @@ __all__ = [
     "FeatureDefaults",
     "FeatureKind",
     "Reduction",
+    "Sample",
     "check_reduction",
     "feature_defaults",
 ]
 
 EngineName = Literal["auto", "dense", "streaming"]
 Reduction = Literal["mean", "sum", "none"]
+#: Which maps ``max_points`` samples: ``"both"`` (the same positions of both when their shapes
+#: agree, as the authors do; for training) or only the ``"target"`` (every prediction position is
+#: kept, so every sampled target feature still meets its true match: for comparing images).
+Sample = Literal["both", "target"]
 
 #: The allowed values of each choice, derived from the ``Literal`` types (one declaration each).
 LOSS_TYPES: tuple[str, ...] = get_args(Distance)
@@ -78,6 +84,7 @@ CENTERS: tuple[str, ...] = get_args(Center)
 COBI_FORMS: tuple[str, ...] = get_args(CoBiForm)
 ENGINES: tuple[str, ...] = get_args(EngineName)
 REDUCTIONS: tuple[str, ...] = get_args(Reduction)
+SAMPLES: tuple[str, ...] = get_args(Sample)
 
 #: CoBi's default spatial weight w_s per feature distance. The spatial distance D' lies in
 #: [0, sqrt(2)] (positions scaled by 1 / max(H, W)); w_s is read against the distance of two similar
@@ -173,6 +180,7 @@ class ContextualOptions:
             ``None`` for the plain contextual similarity.
         form: CoBi's form, ``"paper"`` or ``"released"`` (only read when ``weight_sp`` is set).
         max_points: compare at most this many randomly drawn positions per map, or ``None``.
+        sample: which maps ``max_points`` samples, ``"both"`` or ``"target"`` (see :data:`Sample`).
         engine: ``"auto"``, ``"dense"`` or ``"streaming"``.
         memory_budget: bytes of strip workspace for the streaming engine, or ``None`` (default).
 
@@ -193,6 +201,7 @@ class ContextualOptions:
     weight_sp: float | None = None
     form: CoBiForm = "paper"
     max_points: int | None = None
+    sample: Sample = "both"
     engine: EngineName = "auto"
     memory_budget: int | None = None
 
@@ -208,6 +217,7 @@ class ContextualOptions:
             set_(self, "weight_sp", check("weight_sp", self.weight_sp))
         if self.max_points is not None:
             set_(self, "max_points", check_positive_int("max_points", self.max_points))
+        check_choice("sample", self.sample, SAMPLES)
         check_choice("engine", self.engine, ENGINES)
         if self.memory_budget is not None:
             set_(self, "memory_budget", check_positive_int("memory_budget", self.memory_budget))

@@ -53,6 +53,7 @@ def sample_positions(
     shared: bool,
     generator: torch.Generator | None = None,
     device: torch.device | None = None,
+    sample: str = "both",
 ) -> tuple[Tensor | None, Tensor | None]:
     """The positions :func:`sample_sets` keeps of N prediction and M target vectors.
 
@@ -63,10 +64,11 @@ def sample_positions(
         shared: draw one set of indices for both (the maps have the same shape).
         generator: ``torch.Generator`` for the draws; the prediction's are drawn first.
         device: where the indices go.
+        sample: ``"both"`` (default) or ``"target"``: then every prediction position is kept.
 
     Returns:
         ``(idx_x, idx_y)``: at most ``max_points`` indices each (``None`` where all are kept);
-        ``idx_y`` is ``idx_x`` when ``shared``.
+        ``idx_y`` is ``idx_x`` when ``shared``; ``idx_x`` is ``None`` for ``sample="target"``.
 
     Examples:
         >>> import torch
@@ -75,6 +77,8 @@ def sample_positions(
         (True, torch.Size([5]))
 
     """
+    if sample == "target":
+        return None, sample_indices(m, max_points, generator=generator, device=device)
     idx_x = sample_indices(n, max_points, generator=generator, device=device)
     idx_y = idx_x if shared else sample_indices(m, max_points, generator=generator, device=device)
     return idx_x, idx_y

@@ -110,17 +110,26 @@ def test_max_points_sampling_is_seeded_and_is_the_librarys(run_cli, images) -> N
     assert first["cx"] == again["cx"]
     assert first["cx"] != other["cx"]
     assert first["cx"] != full["cx"]
-    assert first["positions"] == {"prediction": 100, "target": 100}
-    # The library with the same generator draws the same positions: CX and CoBi alike.
+    # By default only the target is sampled: every prediction position is kept.
+    assert first["positions"] == {"prediction": 576, "target": 100}
+    assert first["settings"]["sample"] == "target"
     x = extract_patches(load_image(images.shifted), 5)
     y = extract_patches(load_image(images.unrelated), 5)
-    gen = torch.Generator().manual_seed(3)
-    expected = contextual_loss(x, y, 0.5, PIXELS.loss_type, max_points=100, generator=gen)
-    assert first["cx_loss"] == pytest.approx(float(expected), rel=1e-5)
-    gen = torch.Generator().manual_seed(3)
-    cobi = contextual_bilateral_loss(x, y, PIXELS.weight_sp, 0.5, PIXELS.loss_type, max_points=100, generator=gen)
-    assert first["cobi_loss"] == pytest.approx(float(cobi), rel=1e-5)
+    for sample, positions in (("target", 576), ("both", 100)):
+        data = first if sample == "target" else _json(run_cli(*argv, "--seed", "3", "--sample", "both"))
+        assert data["positions"] == {"prediction": positions, "target": 100}
+        # The library with the same generator draws the same positions: CX and CoBi alike.
+        options = {"max_points": 100, "sample": sample}
+        gen = torch.Generator().manual_seed(3)
+        expected = contextual_loss(x, y, 0.5, PIXELS.loss_type, generator=gen, **options)
+        assert data["cx_loss"] == pytest.approx(float(expected), rel=1e-5)
+        gen = torch.Generator().manual_seed(3)
+        cobi = contextual_bilateral_loss(x, y, PIXELS.weight_sp, 0.5, PIXELS.loss_type, generator=gen, **options)
+        assert data["cobi_loss"] == pytest.approx(float(cobi), rel=1e-5)
     text = run_cli("compare", str(images.shifted), str(images.unrelated), "--max-points", "100").out
+    assert "positions   all 576 of the prediction; 100 of 576 of the target, drawn at random " in text
+    assert "(--max-points 100, --sample target, --seed 0; --max-points 0 compares all)" in text
+    text = run_cli("compare", str(images.shifted), str(images.unrelated), "--max-points", "100", "--sample", "both").out
     assert "positions   100 of 576 per image, drawn at random, the same in both images (--max-points 100" in text
 
 

@@ -96,3 +96,15 @@ def test_exact_duplicates_are_reported_with_the_cap_they_imply(run_cli, tmp_path
     }
     assert data["cx"] == pytest.approx(found.cap, rel=1e-6)  # CX(X, X) reaches the cap (docs/definition.md 6.3)
     assert data["cobi_loss"] == 0.0  # CoBi tells the duplicates apart by their positions
+
+
+def test_sampling_the_target_keeps_the_loss_graded_where_sampling_both_does_not(run_cli, tmp_path: Path) -> None:
+    # The policy for large photos: --max-points samples the target only (default), so each sampled
+    # target patch still meets its true, shifted match; sampling both images at the same positions
+    # leaves most true matches out and a 1 px shift scores almost like an unrelated photo.
+    files = _crops("chelsea", tmp_path)
+    sampled = ["--max-points", "256"]
+    target = [_compare(run_cli, files[shift], files[0], *sampled)["cx_loss"] for shift in SHIFTS]
+    assert target[0] == 0.0 and all(b > a for a, b in itertools.pairwise(target)), target
+    both = [_compare(run_cli, files[shift], files[0], *sampled, "--sample", "both")["cx_loss"] for shift in (0, 1)]
+    assert both[0] == 0.0 and both[1] > 5 * target[1], (both, target)

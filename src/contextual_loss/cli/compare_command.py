@@ -98,7 +98,12 @@ class _Run:
     def options(self, loss: str) -> ContextualOptions:
         """The library's options of CX or CoBi as the command line's arguments give them."""
         args = self.args
-        common = {"band_width": args.band_width, "loss_type": args.loss_type, "max_points": args.max_points or None}
+        common = {
+            "band_width": args.band_width,
+            "loss_type": args.loss_type,
+            "max_points": args.max_points or None,
+            "sample": args.sample,
+        }
         if loss == "CX":
             return ContextualOptions(**common)
         return ContextualOptions(**common, weight_sp=args.weight_sp, form=args.cobi_form)
@@ -115,7 +120,8 @@ def _evaluations(run: _Run, fx: dict[str, Tensor], fy: dict[str, Tensor]) -> lis
     for loss in LOSSES:
         for name in run.spec.layer_weights:
             (c, h, w), (h2, w2) = fx[name].shape[1:], fy[name].shape[2:]
-            n, m = min(h * w, cap or h * w), min(h2 * w2, cap or h2 * w2)
+            n = h * w if run.args.sample == "target" else min(h * w, cap or h * w)
+            m = min(h2 * w2, cap or h2 * w2)
             label = loss if len(run.spec.layer_weights) == 1 else f"{loss} {name}"
             items.append(Evaluation(label, n, m, c, engine_for(run.options(loss), n, m, c, run.device)))
     return items
@@ -254,6 +260,7 @@ def _settings(args: argparse.Namespace, spec: FeatureSpec, device: torch.device,
         "defaults_from_features": chosen,
         "max_side": args.max_side,
         "max_points": args.max_points,
+        "sample": args.sample,
         "seed": args.seed,
         "device": str(device),
     }
@@ -346,14 +353,14 @@ def _describe_positions(row: dict[str, Any], settings: dict[str, Any]) -> str:
     if kept[0] == sizes[0] and kept[1] == sizes[1]:
         each = f"{sizes[0]} per image" if sizes[0] == sizes[1] else f"{sizes[0]} and {sizes[1]}"
         return f"{'positions':<11} all, {each}"
-    if sizes[0] == sizes[1]:
+    options = f"--max-points {settings['max_points']}, --sample {settings['sample']}, --seed {settings['seed']}"
+    if settings["sample"] == "target":
+        each = f"all {sizes[0]} of the prediction; {kept[1]} of {sizes[1]} of the target, drawn at random"
+    elif sizes[0] == sizes[1]:
         each = f"{kept[0]} of {sizes[0]} per image, drawn at random, the same in both images"
     else:
         each = f"{kept[0]} of {sizes[0]} and {kept[1]} of {sizes[1]}, drawn at random"
-    return (
-        f"{'positions':<11} {each} "
-        f"(--max-points {settings['max_points']}, --seed {settings['seed']}; --max-points 0 compares all)"
-    )
+    return f"{'positions':<11} {each} ({options}; --max-points 0 compares all)"
 
 
 def _describe_loss(settings: dict[str, Any]) -> list[str]:
@@ -402,7 +409,12 @@ def _print_single(row: dict[str, Any], settings: dict[str, Any]) -> None:
 
 def _print_table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> None:
     print(*_describe_loss(settings), sep="\n")
-    sampled = f"at most {settings['max_points']} per image, drawn at random" if settings["max_points"] else "all"
+    if not settings["max_points"]:
+        sampled = "all"
+    elif settings["sample"] == "target":
+        sampled = f"all of the prediction, at most {settings['max_points']} of the target, drawn at random"
+    else:
+        sampled = f"at most {settings['max_points']} per image, drawn at random"
     print(f"{'positions':<11} {sampled}; images {_resizing(settings)}")
     width = max(len("prediction"), *(len(Path(row["prediction"]).name) for row in rows))
     print(f"{'prediction':<{width}}  {'CX':>9}  {'CX loss':>9}  {'CoBi loss':>9}  {'CX cap':>8}")

@@ -79,6 +79,7 @@ def _summary(explanation: MatchExplanation, args: argparse.Namespace, layer: str
             "cobi_form": args.cobi_form,
             "max_side": args.max_side,
             "max_points": args.max_points,
+            "sample": args.sample,
             "seed": args.seed,
         },
         "duplicates": None
@@ -95,7 +96,10 @@ def _generator(args: argparse.Namespace, spec: FeatureSpec, layer: str, fx: dict
         if name == layer:
             break
         (h, w), (h2, w2) = fx[name].shape[-2:], fy[name].shape[-2:]
-        sample_positions(h * w, h2 * w2, args.max_points or None, shared=(h, w) == (h2, w2), generator=generator)
+        shared = (h, w) == (h2, w2)
+        sample_positions(
+            h * w, h2 * w2, args.max_points or None, shared=shared, generator=generator, sample=args.sample
+        )
     return generator
 
 
@@ -113,6 +117,7 @@ def _explain(args: argparse.Namespace, spec: FeatureSpec, layer: str, x: torch.T
                     weight_sp=args.weight_sp if args.cobi else None,
                     form=args.cobi_form,
                     max_points=args.max_points or None,
+                    sample=args.sample,
                     generator=_generator(args, spec, layer, fx, fy),
                 )
         except (ValueError, TypeError) as error:
@@ -178,7 +183,9 @@ def _print(summary: dict[str, Any], explanation: MatchExplanation, spec: Feature
     else:
         sizes += ", compared at their stored size"
     total = explanation.target_shape[0] * explanation.target_shape[1]
-    sampled = "" if explanation.sampled is None else f", drawn at random (--max-points {args.max_points})"
+    sampled = ""
+    if explanation.sampled is not None:
+        sampled = f", drawn at random (--max-points {args.max_points}, --sample {args.sample})"
     lines = [
         f"{summary['loss']} = {summary['similarity']:.6f} (loss {summary['loss_value']:.6f}) on {spec.description}, "
         f"{args.loss_type} distance, band width {args.band_width:g}",
