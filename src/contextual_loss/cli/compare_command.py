@@ -30,7 +30,6 @@ from contextual_loss import engine as _engine
 from contextual_loss._pipeline import evaluate_prepared, prepare
 from contextual_loss.cli import COMMANDS
 from contextual_loss.cli.options import (
-    DEFAULT_MAX_POINTS,
     CommandError,
     FeatureSpec,
     LoadedPair,
@@ -47,6 +46,7 @@ from contextual_loss.cli.options import (
     warn,
 )
 from contextual_loss.cli.work import (
+    CALIBRATION_COLUMNS,
     ESTIMATE_ABOVE,
     LONG_RUN_SECONDS,
     Evaluation,
@@ -92,7 +92,7 @@ class _Run:
     spec: FeatureSpec
     device: torch.device
     chosen: list[str]
-    rates: dict[tuple[int, str], float] = field(default_factory=dict)
+    rates: dict[tuple[int, str, str, int], float] = field(default_factory=dict)
     announced: bool = False
 
     def options(self, loss: str) -> ContextualOptions:
@@ -133,9 +133,11 @@ def _estimate(run: _Run, items: list[Evaluation], pairs: int = 1) -> float | Non
         return None
     seconds = 0.0
     for item in items:
-        key = (item.channels, item.engine + item.label.split()[0])
+        loss = item.label.split()[0]
+        key = (item.channels, item.engine, loss, min(item.m, CALIBRATION_COLUMNS))
         if key not in run.rates:
-            run.rates[key] = measure_rate(run.options(item.label.split()[0]), item.channels, item.engine, run.device)
+            options = run.options(loss)
+            run.rates[key] = measure_rate(options, item.channels, item.engine, run.device, n=item.n, m=item.m)
         seconds += item.entries / run.rates[key]
     return seconds * pairs
 
@@ -152,11 +154,21 @@ def _announce(run: _Run, items: list[Evaluation], seconds: float | None, pairs: 
     if seconds < LONG_RUN_SECONDS:
         note(f"this comparison is {work}")
         return
-    current = run.args.max_points
-    shorter = DEFAULT_MAX_POINTS if not current or current > DEFAULT_MAX_POINTS else max(current // 4, 1)
-    warn(
-        f"this comparison is {work}; --max-points {shorter} compares at most {shorter} positions per image, "
-        "drawn at random, with the pixels kept exact (Ctrl-C stops)"
+    warn(f"this comparison is {work}; {_shorter(run, items, seconds)} (Ctrl-C stops)")
+
+
+def _shorter(run: _Run, items: list[Evaluation], seconds: float) -> str:
+    """The --max-points that brings a long run to about a quarter of LONG_RUN_SECONDS, and what it does."""
+    target_only = run.args.sample == "target"
+    compared = max(item.m for item in items)
+    share = LONG_RUN_SECONDS / 4 / seconds  # the work shrinks with max_points (target only) or its square (both)
+    points = compared * (share if target_only else math.sqrt(share))
+    points = max(2 ** int(math.log2(max(points, 1.0))), 16)
+    which = "of the target" if target_only else "per image"
+    cost = (points / compared) if target_only else (points / compared) ** 2
+    return (
+        f"--max-points {points} compares {points} positions {which}, drawn at random with the pixels kept exact, "
+        f"in about {format_duration(seconds * min(cost, 1.0))}"
     )
 
 

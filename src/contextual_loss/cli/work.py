@@ -20,13 +20,15 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 import torch
+from torch import Tensor
 
 from contextual_loss import engine as _engine
-from contextual_loss._pipeline import full_precision, prepare
+from contextual_loss._pipeline import evaluate_prepared, prepare
 from contextual_loss.options import ContextualOptions
 
 __all__ = [
-    "CALIBRATION_POINTS",
+    "CALIBRATION_COLUMNS",
+    "CALIBRATION_ROWS",
     "ESTIMATE_ABOVE",
     "LONG_RUN_SECONDS",
     "PROGRESS_AFTER_SECONDS",
@@ -51,8 +53,10 @@ PROGRESS_AFTER_SECONDS = 2.0
 #: Shortest time between two redraws of the progress line.
 REDRAW_SECONDS = 0.25
 
-#: Side of the calibration problem (positions of each set) that measures the rate.
-CALIBRATION_POINTS = 2048
+#: The calibration problem that measures the rate: at most this many prediction rows ...
+CALIBRATION_ROWS = 8192
+#: ... and target columns (the strips' width, as in the real problem up to this size).
+CALIBRATION_COLUMNS = 4096
 
 
 @dataclass(frozen=True)
@@ -91,27 +95,33 @@ def engine_for(options: ContextualOptions, n: int, m: int, channels: int, device
     return _engine.auto_engine(1, n, m, channels, torch.float32, device.type, memory)
 
 
-def measure_rate(options: ContextualOptions, channels: int, engine: str, device: torch.device) -> float:
+def measure_rate(
+    options: ContextualOptions, channels: int, engine: str, device: torch.device, *, n: int, m: int
+) -> float:
     """Entries per second of one forward evaluation with these options on this machine.
 
-    Times a :data:`CALIBRATION_POINTS`-square problem of random features with ``channels``
-    channels on ``engine`` (after one untimed run that builds and warms the kernels).
+    Times a problem of random features with ``channels`` channels on ``engine``, of at most
+    :data:`CALIBRATION_ROWS` x :data:`CALIBRATION_COLUMNS` entries, shaped like the N x M problem it
+    stands for (after an untimed small run that loads and warms the kernels): the streaming
+    engine's cost per entry depends on the strips' width M and on how many strips there are.
     """
-    side = CALIBRATION_POINTS
+    rows, cols = min(n, CALIBRATION_ROWS), min(m, CALIBRATION_COLUMNS)
     generator = torch.Generator().manual_seed(0)
-    x, y = (torch.rand(1, channels, side, 1, generator=generator).to(device) for _ in range(2))
+
+    def problem(height: int, width: int) -> tuple[Tensor, Tensor]:
+        x = torch.rand(1, channels, height, 1, generator=generator).to(device)
+        return x, torch.rand(1, channels, width, 1, generator=generator).to(device)
+
     options = options.replace(engine=engine, max_points=None)
     with torch.inference_mode():
-        sets = prepare(x, y, options)
-        elapsed = math.inf
-        for _ in range(2):  # the first run loads the kernels: keep the faster
-            start = time.perf_counter()
-            with full_precision(device):
-                _engine.evaluate(sets.x, sets.y, options, sets.spatial)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            elapsed = min(elapsed, time.perf_counter() - start)
-    return side * side / max(elapsed, 1e-9)
+        evaluate_prepared(prepare(*problem(64, 64), options), options)  # loads the kernels
+        sets = prepare(*problem(rows, cols), options)
+        start = time.perf_counter()
+        evaluate_prepared(sets, options)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - start
+    return rows * cols / max(elapsed, 1e-9)
 
 
 def format_duration(seconds: float) -> str:
