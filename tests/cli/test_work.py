@@ -91,3 +91,13 @@ def test_compare_shows_progress_on_a_terminal_unless_asked_not_to(run_cli, image
     shown = run_cli(*argv).err
     assert "\rcomparing (CX): " in shown and "\rcomparing (CoBi): 100.0%" in shown and shown.endswith("\n")
     assert run_cli(*argv, "--no-progress").err == ""
+
+
+def test_until_a_few_percent_are_done_the_time_left_is_the_estimate() -> None:
+    stream, clock = io.StringIO(), Clock()
+    clock.now = 50.0  # loading and calibrating before the first evaluation do not count
+    line = ProgressLine(1.0, stream=stream, clock=clock, expected=40.0)
+    with line.evaluation("CX", 1.0) as callback:
+        clock.now = 50.0 + work.PROGRESS_AFTER_SECONDS + 2.0
+        callback(1, 100)  # 1 %: the estimate, less the time spent
+        assert stream.getvalue().split("\r")[-1].rstrip() == "comparing (CX):   1.0% | 4.0 s | about 36 s left"

@@ -206,7 +206,10 @@ def compare_images(
     with torch.inference_mode():
         fx, fy = spec.extractor(prediction), spec.extractor(target)
         items = _evaluations(run, fx, fy)
-        _announce(run, items, _estimate(run, items, pairs), pairs)
+        expected = _estimate(run, items, pairs)
+        _announce(run, items, expected, pairs)
+        if progress.expected is None:
+            progress.expected = expected
         total = sum(item.entries for item in items)
         losses: dict[str, dict[str, float]] = {loss: {} for loss in LOSSES}
         duplicates: dict[str, Duplicates] = {}

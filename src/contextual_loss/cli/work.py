@@ -31,6 +31,7 @@ __all__ = [
     "CALIBRATION_ROWS",
     "ESTIMATE_ABOVE",
     "LONG_RUN_SECONDS",
+    "MEASURED_SHARE",
     "PROGRESS_AFTER_SECONDS",
     "REDRAW_SECONDS",
     "Evaluation",
@@ -49,6 +50,9 @@ LONG_RUN_SECONDS = 60.0
 
 #: The progress line appears once a run has taken this long (shorter runs print nothing).
 PROGRESS_AFTER_SECONDS = 2.0
+
+#: Share of the work done from which the time left is measured rather than the up-front estimate.
+MEASURED_SHARE = 0.03
 
 #: Shortest time between two redraws of the progress line.
 REDRAW_SECONDS = 0.25
@@ -139,11 +143,15 @@ def format_duration(seconds: float) -> str:
 class ProgressLine:
     """A one-line progress display on a stream, fed by the engine's progress callbacks.
 
+    The time is counted from the start of the first evaluation. Until a few percent of the work
+    are done, the time left is the up-front estimate (``expected``), if there is one.
+
     Args:
         total: units of work of the whole run (entries for one pair, pairs for folders).
         stream: where to draw (stderr).
         enabled: draw at all (``--no-progress`` and a stream that is not a terminal turn it off).
         clock: the time source (tests pass their own).
+        expected: the estimated seconds of the whole run, or ``None``.
 
     """
 
@@ -151,14 +159,12 @@ class ProgressLine:
     stream: TextIO = field(default_factory=lambda: sys.stderr)
     enabled: bool = True
     clock: Callable[[], float] = time.perf_counter
+    expected: float | None = None
     done: float = 0.0
-    _start: float = field(default=0.0, init=False)
+    _start: float | None = field(default=None, init=False)
     _last_draw: float = field(default=-math.inf, init=False)
     _drawn: bool = field(default=False, init=False)
     _label: str = field(default="", init=False)
-
-    def __post_init__(self) -> None:
-        self._start = self.clock()
 
     @contextmanager
     def evaluation(self, label: str, units: float) -> Iterator[_engine.ProgressCallback]:
@@ -167,6 +173,8 @@ class ProgressLine:
         The evaluation counts as done when the block ends.
         """
         before, self._label = self.done, label
+        if self._start is None:
+            self._start = self.clock()
 
         def callback(done: int, total: int) -> None:
             self.done = before + units * done / max(total, 1)
@@ -178,15 +186,18 @@ class ProgressLine:
 
     def _draw(self) -> None:
         now = self.clock()
-        elapsed = now - self._start
+        elapsed = now - (now if self._start is None else self._start)
         if not self.enabled or elapsed < PROGRESS_AFTER_SECONDS or now - self._last_draw < REDRAW_SECONDS:
             return
         self._last_draw = now
         share = min(self.done / max(self.total, 1), 1.0)
-        left = elapsed * (1 - share) / share if share > 0 else math.inf
+        if share >= MEASURED_SHARE:
+            left = elapsed * (1 - share) / share
+        else:  # too little done to measure: the up-front estimate, if any
+            left = max(self.expected - elapsed, 0.0) if self.expected is not None else math.inf
         eta = f"about {format_duration(left)} left" if math.isfinite(left) else "estimating the time left"
         text = f"comparing ({self._label}): {100 * share:5.1f}% | {format_duration(elapsed)} | {eta}"
-        self.stream.write(f"\r{text:<78}")
+        self.stream.write(f"\r{text:<72}")
         self.stream.flush()
         self._drawn = True
 
