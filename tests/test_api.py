@@ -4,8 +4,9 @@
 module that wraps it (if any), the arguments it needs and how to read its result. Every API gets:
 smoke (on each ``device``), bad input raising a clear TypeError/ValueError, the output shape for
 each reduction, gradcheck in float64, float16/bfloat16/float64 inputs, meta tensors,
-``torch.compile(fullgraph=True)`` on the dense engine equal to eager (values and gradients), and
-module equal to function. Values against the definition are in ``test_functional.py``.
+``torch.compile(fullgraph=True)`` of the function and the module on both engines equal to eager
+(values and gradients), ``torch.export`` of the module, and module equal to function. Values
+against the definition are in ``test_functional.py``.
 """
 
 from __future__ import annotations
@@ -136,24 +137,50 @@ class _Template:
         tolerance = 1e-5 if dtype == torch.float64 else 2e-2
         torch.testing.assert_close(out.float(), reference, rtol=tolerance, atol=tolerance)
 
-    def test_meta_tensors_give_meta_results(self) -> None:
-        meta = self.call(X.to("meta"), Y.to("meta"), engine="dense")
-        cpu = self.call(X, Y, engine="dense")
+    @pytest.mark.parametrize("engine", ["dense", "streaming"])
+    def test_meta_tensors_give_meta_results(self, engine: str) -> None:
+        meta = self.call(X.to("meta"), Y.to("meta"), engine=engine)
+        cpu = self.call(X, Y, engine=engine)
         for got, want in zip(_tensors(meta), _tensors(cpu), strict=True):
             assert got.device.type == "meta" and got.shape == want.shape and got.dtype == want.dtype
 
-    def test_compile_fullgraph_equals_eager(self) -> None:
+    @pytest.mark.parametrize("engine", ["dense", "streaming"])
+    def test_compile_fullgraph_equals_eager(self, engine: str) -> None:
         torch._dynamo.reset()  # a fresh cache: earlier tests compiled the same code with other constants
         compiled = torch.compile(type(self).function, fullgraph=True, backend="aot_eager")
         x = rand64(2, 3, 5, 6, seed=5).requires_grad_()
         y = rand64(2, 3, 4, 5, seed=6)
-        kwargs = {**self.arguments, "engine": "dense"}
+        kwargs = {**self.arguments, "engine": engine}
         want = self.value(type(self).function(x, y, **kwargs))
         got = self.value(compiled(x, y, **kwargs))
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
         (grad_want,) = torch.autograd.grad(want.sum(), x)
         (grad_got,) = torch.autograd.grad(got.sum(), x)
         torch.testing.assert_close(grad_got, grad_want, rtol=1e-10, atol=1e-12)
+
+    @pytest.mark.parametrize("engine", ["dense", "streaming"])
+    def test_compiled_module_equals_eager(self, engine: str) -> None:
+        if self.module is None:
+            pytest.skip("no module")
+        torch._dynamo.reset()
+        module = self.module(**self.arguments, patch_size=3, engine=engine)
+        compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+        x = rand64(2, 3, 6, 7, seed=7).requires_grad_()
+        y = rand64(2, 3, 5, 6, seed=8)
+        want, got = module(x, y), compiled(x, y)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        (grad_want,) = torch.autograd.grad(want, x)
+        (grad_got,) = torch.autograd.grad(got, x)
+        torch.testing.assert_close(grad_got, grad_want, rtol=1e-10, atol=1e-12)
+
+    @pytest.mark.parametrize("engine", ["dense", "streaming"])
+    def test_exported_module_equals_eager(self, engine: str) -> None:
+        if self.module is None:
+            pytest.skip("no module")
+        module = self.module(**self.arguments, patch_size=3, engine=engine)
+        program = torch.export.export(module, (rand64(2, 3, 6, 7, seed=9), rand64(2, 3, 5, 6, seed=10)))
+        x, y = rand64(2, 3, 6, 7, seed=11), rand64(2, 3, 5, 6, seed=12)  # new inputs of the traced shapes
+        torch.testing.assert_close(program.module()(x, y), module(x, y), rtol=1e-12, atol=1e-12)
 
     @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
     def test_module_equals_function(self, reduction: str) -> None:

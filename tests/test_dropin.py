@@ -374,11 +374,10 @@ def test_double_backward_on_the_streaming_engine_names_the_way_out() -> None:
         _gradient_penalty("streaming")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=DoubleBackwardError,
-    reason="not drop-in yet: at 32 x 32 engine='auto' picks the streaming engine, which has no double "
-    "backward (theirs has plain autograd); pass engine='dense'",
-)
 def test_double_backward_works_with_the_default_engine() -> None:
-    torch.testing.assert_close(_gradient_penalty("auto"), _gradient_penalty("dense"))
+    # At 32 x 32 engine="auto" picks the streaming engine; a gradient taken with create_graph=True
+    # is then recomputed densely, so it can be differentiated again (theirs: plain autograd).
+    # float32: the two first-order passes round differently; the second derivatives reach ~800 here,
+    # and the dense engine itself is within 7e-4 of float64 (the engines agree to 3e-12 in float64).
+    want = _gradient_penalty("dense")
+    torch.testing.assert_close(_gradient_penalty("auto"), want, rtol=1e-3, atol=1e-5 * float(want.abs().max()))

@@ -213,11 +213,15 @@ def mix_released(log_feat: Tensor, log_spatial: Tensor, weight_sp: float) -> Ten
     """log((1 - w) CX_feat + w CX_spatial), the released CoBi code's mixture, in log space.
 
     No case is special: at w = 0 (or 1) the log-weight log w (or log(1 - w)) is -inf, so that
-    share is exactly 0 and passes an exactly zero gradient (logaddexp(a, -inf) = a).
+    share is exactly 0 and passes an exactly zero gradient. Written as a log-sum-exp over the two
+    shares, whose derivatives are the shares' weights exp(share - result) <= 1 at every order:
+    ``torch.logaddexp``'s second derivative evaluates exp(b - a) and overflows to NaN where the
+    spatial share dominates by more than ~700 (the near-identity spatial CX of the released form).
     """
     log_w = math.log(weight_sp) if weight_sp > 0.0 else -math.inf
     log_1mw = math.log1p(-weight_sp) if weight_sp < 1.0 else -math.inf
-    return torch.logaddexp(log_feat + log_1mw, log_spatial + log_w)
+    shares = torch.broadcast_tensors(log_feat + log_1mw, log_spatial + log_w)
+    return torch.logsumexp(torch.stack(shares), dim=0)
 
 
 def bilateral_distance(d_feat: Tensor, d_spatial: Tensor, weight_sp: float) -> Tensor:

@@ -140,7 +140,7 @@ def test_operators_pass_opcheck():
     x, y = (t.double().requires_grad_(True) for t in _sets())
     pos_x, pos_y = (p.double() for p in (_spatial("released").pos_x, _spatial("released").pos_y))
     scalars = ("cosine", 0.3, 1e-5, 0.3, "released", 2**20, "auto")  # one strip per image: checks run per op
-    forward_args = (x, y, pos_x, pos_y, *scalars, True)
+    forward_args = (x, y, pos_x, pos_y, *scalars, True, False)
     assert set(torch.library.opcheck(_ops.streaming_forward, forward_args, test_utils=checks).values()) == {"SUCCESS"}
     saved = [t.detach() for t in _ops.streaming_forward(*forward_args)]
     grad = torch.rand(2, M, dtype=torch.float64)

@@ -30,18 +30,21 @@ def test_evaluate_and_the_old_entry_points_agree(name):
     kwargs = {"loss_type": "cosine", "band_width": 0.3, "eps": 1e-5, "spatial": spatial}
     assert result.best.grad_fn is None and result.prediction_index.dtype == torch.long
     torch.testing.assert_close(result.log_similarity, torch.logsumexp(result.best, 1) - math.log(30), rtol=0, atol=0)
-    old = engine.match(x, y, engine=name, memory_budget=2000, **kwargs)
+    with pytest.warns(DeprecationWarning, match="evaluate"):
+        old = engine.match(x, y, engine=name, memory_budget=2000, **kwargs)
+        old_value = engine.log_similarity(x, y, engine=name, memory_budget=2000, **kwargs)
+        if name == "dense":
+            twins = engine.dense_log_similarity(x, y, **kwargs), engine.dense_match(x, y, **kwargs)
+        else:
+            twins = (
+                engine.streaming_log_similarity(x, y, memory_budget=2000, **kwargs),
+                engine.streaming_match(x, y, memory_budget=2000, **kwargs),
+            )
     assert torch.equal(old.prediction_index, result.prediction_index)
     assert torch.equal(old.similarity, result.best.exp())
-    assert torch.equal(engine.log_similarity(x, y, engine=name, memory_budget=2000, **kwargs), result.log_similarity)
-    if name == "dense":
-        assert torch.equal(engine.dense_log_similarity(x, y, **kwargs), result.log_similarity)
-        assert torch.equal(engine.dense_match(x, y, **kwargs).prediction_index, result.prediction_index)
-    else:
-        assert torch.equal(engine.streaming_log_similarity(x, y, memory_budget=2000, **kwargs), result.log_similarity)
-        assert torch.equal(
-            engine.streaming_match(x, y, memory_budget=2000, **kwargs).prediction_index, result.prediction_index
-        )
+    assert torch.equal(old_value, result.log_similarity)
+    assert torch.equal(twins[0], result.log_similarity)
+    assert torch.equal(twins[1].prediction_index, result.prediction_index)
 
 
 def test_streaming_progress_counts_the_strips_of_every_image():
@@ -105,3 +108,34 @@ def test_auto_rule_on_cuda_is_a_memory_model():
 def test_choose_engine_reads_the_device_type():
     x = torch.zeros(1, 300, 3, device="meta")
     assert engine.choose_engine(x, x) == "streaming"  # meta: the CPU threshold
+
+
+@pytest.mark.parametrize(("side", "engine_name", "last"), [(40, "streaming", None), (8, "dense", (1, 1))])
+def test_reporting_block_reaches_evaluations_inside_the_modules(side, engine_name, last):
+    from contextual_loss import ContextualLoss
+
+    seen: list[tuple[int, int]] = []
+    criterion = ContextualLoss(patch_size=3, engine=engine_name)
+    x, y = torch.rand(2, 3, side, side), torch.rand(2, 3, side, side)
+    with engine.reporting(lambda done, total: seen.append((done, total))):
+        criterion(x, y)
+    assert seen and seen[-1][0] == seen[-1][1]
+    assert [done for done, _ in seen] == list(range(1, len(seen) + 1))
+    if last is not None:
+        assert seen == [last]
+    seen.clear()
+    criterion(x, y)  # outside the block: nothing reported
+    assert seen == []
+
+
+def test_reporting_is_local_to_its_thread():
+    import threading
+
+    seen: list[tuple[int, int]] = []
+    x, y = torch.rand(1, 4, 30, 30), torch.rand(1, 4, 30, 30)
+    options = ContextualOptions(engine="streaming")
+    with engine.reporting(lambda done, total: seen.append((done, total))):
+        worker = threading.Thread(target=lambda: engine.evaluate(x.flatten(2).mT, y.flatten(2).mT, options))
+        worker.start()
+        worker.join()
+    assert seen == []

@@ -1,7 +1,7 @@
 """The streaming engine against the dense reference: values, gradients, precision and autograd behaviour.
 
 Reference values come from the dense engine (``engine="dense"``), plain autograd through the
-definition in ``maths.py``; tolerances are the issue's (float64: 1e-8, float32 loss: 1e-6 relative).
+definition in ``maths.py``; tolerances: float64 1e-8, float32 loss 1e-6 relative (docs/engine.md, Exactness).
 Small memory budgets force many strips, so the strip bookkeeping is exercised at tiny sizes.
 """
 
@@ -17,16 +17,23 @@ from contextual_loss import maths
 from contextual_loss.engine import (
     DoubleBackwardError,
     SpatialTerm,
-    dense_log_similarity,
-    dense_match,
-    streaming_log_similarity,
-    streaming_match,
+    dense_evaluate,
+    streaming_evaluate,
     streaming_plan,
     strips,
 )
 
 # Every test runs on the fused native strip kernels and on the eager passes (tests/engine/conftest.py).
 pytestmark = pytest.mark.usefixtures("strip_kernels")
+
+
+def dense_log_similarity(x, y, **kwargs):
+    return dense_evaluate(x, y, **kwargs).log_similarity
+
+
+def streaming_log_similarity(x, y, **kwargs):
+    return streaming_evaluate(x, y, **kwargs).log_similarity
+
 
 TINY_BUDGET = 512  # bytes: a few rows per strip at these sizes, so every test crosses many strips
 LOSS_TYPES = ("cosine", "l2", "l1")
@@ -263,6 +270,34 @@ def test_double_backward_raises_clearly():
     grad.pow(2).sum().backward()
 
 
+@pytest.mark.parametrize("cobi", COBI)
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_auto_engine_differentiates_twice_through_a_dense_recomputation(loss_type, cobi):
+    # Above the dense threshold engine="auto" streams; create_graph=True then recomputes the
+    # gradient densely so that a gradient penalty can be differentiated: same as engine="dense".
+    x, y = _maps(1, 3, (20, 20), (18, 18), seed=21)
+    results = []
+    for name in ("auto", "dense"):
+        xg = x.clone().requires_grad_(True)
+        loss = _loss(xg, y, loss_type, cobi, name).sum()
+        (grad,) = torch.autograd.grad(loss, xg, create_graph=True)
+        (second,) = torch.autograd.grad(grad.square().sum(), xg)
+        results.append((loss.detach(), grad.detach(), second))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-12)
+
+
+def test_first_order_gradients_of_the_auto_engine_stay_streamed():
+    # Without create_graph the streaming backward runs (no dense matrices): same gradient as before.
+    x, y = _maps(1, 3, (20, 20), (18, 18), seed=22)
+    grads = []
+    for name in ("auto", "streaming"):
+        xg = x.clone().requires_grad_(True)
+        CF.contextual_loss(xg, y, engine=name).backward()
+        grads.append(xg.grad)
+    assert torch.equal(*grads)
+
+
 def test_thread_counts_change_gradients_by_rounding_only():
     # The strip kernels are bit-identical for any number of threads (test_native.py); the GEMMs
     # are not (MKL splits them differently), so values and gradients agree to rounding only.
@@ -309,7 +344,7 @@ def _spatial_term(form, n, m, dtype=torch.float64, seed=12):
 @pytest.mark.parametrize("cobi", COBI)
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_duplicated_rows_resolve_ties_like_dense(loss_type, cobi):
-    # Exact ties (design note, section 6): duplicated y rows tie the row minimum, duplicated x rows
+    # Exact ties (docs/streaming.md, section 2: first index wins): duplicated y rows tie the row minimum, duplicated x rows
     # tie the column maximum; both engines take the first index. Only exact duplicates tie: the
     # features are random otherwise (no near-ties), prepared as the functional API would.
     n, m, c = 24, 20, 6
@@ -331,10 +366,10 @@ def test_match_agrees_with_dense(loss_type, cobi):
     x, y = maths.prepare_features(*_prepared(2, 40, 33, 5), loss_type)
     spatial = _spatial_term(cobi, 40, 33)
     kwargs = {"loss_type": loss_type, "band_width": 0.3, "eps": 1e-5, "spatial": spatial}
-    want = dense_match(x, y, **kwargs)
-    got = streaming_match(x, y, memory_budget=TINY_BUDGET, **kwargs)
+    want = dense_evaluate(x, y, **kwargs)
+    got = streaming_evaluate(x, y, memory_budget=TINY_BUDGET, **kwargs)
     assert torch.equal(got.prediction_index, want.prediction_index)
-    torch.testing.assert_close(got.similarity, want.similarity, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(got.best, want.best, rtol=1e-10, atol=1e-14)
     torch.testing.assert_close(got.log_similarity, want.log_similarity, rtol=1e-10, atol=1e-14)
 
 

@@ -13,7 +13,16 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from contextual_loss.engine import SpatialTerm, dense_log_similarity, streaming_log_similarity, streaming_plan
+from contextual_loss.engine import SpatialTerm, dense_evaluate, streaming_evaluate, streaming_plan
+
+
+def dense_log_similarity(x, y, **kwargs):
+    return dense_evaluate(x, y, **kwargs).log_similarity
+
+
+def streaming_log_similarity(x, y, **kwargs):
+    return streaming_evaluate(x, y, **kwargs).log_similarity
+
 
 # Every test runs on the fused native strip kernels and on the eager passes (tests/engine/conftest.py).
 pytestmark = pytest.mark.usefixtures("strip_kernels")

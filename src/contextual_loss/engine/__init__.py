@@ -24,6 +24,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from contextual_loss._deprecation import warn_renamed
 from contextual_loss.engine._tracing import constant_under_compile
 from contextual_loss.engine.dense import dense_evaluate, dense_log_cx_matrix, dense_log_similarity, dense_match
 from contextual_loss.engine.streaming import (
@@ -33,7 +34,7 @@ from contextual_loss.engine.streaming import (
     streaming_match,
     streaming_plan,
 )
-from contextual_loss.engine.streaming._problem import ProgressCallback, compute_dtype, reporting
+from contextual_loss.engine.streaming._problem import ProgressCallback, compute_dtype, report, reporting
 from contextual_loss.engine.strips import DEFAULT_MEMORY_BUDGET, StripPlan
 from contextual_loss.engine.types import ContextualMatch, EngineResult, SpatialTerm
 from contextual_loss.maths import Distance
@@ -61,6 +62,7 @@ __all__ = [
     "evaluate",
     "log_similarity",
     "match",
+    "reporting",
     "streaming_evaluate",
     "streaming_log_similarity",
     "streaming_match",
@@ -165,7 +167,11 @@ def _evaluate(
         result = dense_evaluate(x, y, **kwargs)
         if progress is not None:  # one unit of work
             progress(1, 1)
+        elif not torch.compiler.is_compiling():
+            report(1, 1)  # to the callback of an enclosing reporting() block, if any
         return result
+    # engine="auto" promises the dense engine's abilities: a second differentiation recomputes densely.
+    kwargs["dense_double_backward"] = engine == "auto"
     if progress is None:
         return streaming_evaluate(x, y, memory_budget=memory_budget, **kwargs)
     if torch.compiler.is_compiling():
@@ -229,7 +235,8 @@ def log_similarity(
     engine: EngineName = "auto",
     memory_budget: int | None = None,
 ) -> Tensor:
-    """Log CX(X, Y) for each image, (B,): ``evaluate(...).log_similarity`` with the options as keywords."""
+    """Deprecated: ``evaluate(x, y, ContextualOptions(...), spatial).log_similarity``."""
+    warn_renamed("contextual_loss.engine.log_similarity", "contextual_loss.engine.evaluate(...).log_similarity")
     return _evaluate(
         x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial, engine=engine,
         memory_budget=memory_budget,
@@ -247,7 +254,8 @@ def match(
     engine: EngineName = "auto",
     memory_budget: int | None = None,
 ) -> ContextualMatch:
-    """Per-target best matches (see :class:`ContextualMatch`) from :func:`evaluate`, options as keywords."""
+    """Deprecated: per-target best matches from :func:`evaluate` as a :class:`ContextualMatch`."""
+    warn_renamed("contextual_loss.engine.match", "contextual_loss.engine.evaluate(...)")
     result = _evaluate(
         x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial, engine=engine,
         memory_budget=memory_budget,

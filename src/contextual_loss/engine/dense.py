@@ -11,6 +11,7 @@ import math
 from torch import Tensor
 
 from contextual_loss import maths
+from contextual_loss._deprecation import warn_renamed
 from contextual_loss.engine.types import ContextualMatch, EngineResult, SpatialTerm
 
 __all__ = ["dense_evaluate", "dense_log_cx_matrix", "dense_log_similarity", "dense_match"]
@@ -61,7 +62,8 @@ def dense_log_similarity(
     eps: float,
     spatial: SpatialTerm | None = None,
 ) -> Tensor:
-    """Log CX(X, Y) per image, (B,): ``dense_evaluate(...).log_similarity`` (same arguments)."""
+    """Deprecated: ``dense_evaluate(...).log_similarity`` (same arguments)."""
+    warn_renamed("contextual_loss.engine.dense_log_similarity", "dense_evaluate(...).log_similarity")
     return dense_evaluate(x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial).log_similarity
 
 
@@ -74,7 +76,8 @@ def dense_match(
     eps: float,
     spatial: SpatialTerm | None = None,
 ) -> ContextualMatch:
-    """Per-target matches i*(j), max_i CX_ij and log CX(X, Y), from the dense matrix."""
+    """Deprecated: per-target matches from :func:`dense_evaluate` (same arguments) as a :class:`ContextualMatch`."""
+    warn_renamed("contextual_loss.engine.dense_match", "dense_evaluate(...)")
     result = dense_evaluate(x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial)
     return ContextualMatch(
         log_similarity=result.log_similarity, prediction_index=result.prediction_index, similarity=result.best.exp()

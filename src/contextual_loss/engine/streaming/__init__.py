@@ -36,6 +36,7 @@ import math
 import torch
 from torch import Tensor
 
+from contextual_loss._deprecation import warn_renamed
 from contextual_loss.engine import kernels as _kernels
 from contextual_loss.engine._tracing import constant_under_compile
 from contextual_loss.engine.streaming._ops import DoubleBackwardError, streaming_forward
@@ -96,6 +97,7 @@ def streaming_evaluate(
     eps: float,
     spatial: SpatialTerm | None = None,
     memory_budget: int | None = None,
+    dense_double_backward: bool = False,
 ) -> EngineResult:
     """Log CX per image and the per-target matches of prepared sets, streamed over row strips.
 
@@ -107,6 +109,9 @@ def streaming_evaluate(
         eps: epsilon of the relative distance.
         spatial: CoBi's spatial term, or ``None`` for CX.
         memory_budget: bytes of strip workspace (default 64 MiB); see :func:`streaming_plan`.
+        dense_double_backward: a gradient taken with ``create_graph=True`` is computed from a dense
+            recomputation, so that it can be differentiated again (N x M memory, on those calls
+            only); otherwise differentiating the gradient raises :class:`DoubleBackwardError`.
 
     Returns:
         An :class:`~contextual_loss.engine.types.EngineResult` in float32 (float64 for float64
@@ -124,7 +129,7 @@ def streaming_evaluate(
     keep_rows = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
     best, index, *_ = streaming_forward(
         x, y, pos_x, pos_y, loss_type, float(band_width), float(eps), weight, form, budget(memory_budget),
-        _requested_kernels(), keep_rows,
+        _requested_kernels(), keep_rows, dense_double_backward,
     )  # fmt: skip
     log_sim = torch.logsumexp(best, dim=1) - math.log(best.shape[1])
     return EngineResult(log_sim, best.detach(), index)
@@ -140,7 +145,8 @@ def streaming_log_similarity(
     spatial: SpatialTerm | None = None,
     memory_budget: int | None = None,
 ) -> Tensor:
-    """Log CX(X, Y) per image, (B,): ``streaming_evaluate(...).log_similarity`` (same arguments)."""
+    """Deprecated: ``streaming_evaluate(...).log_similarity`` (same arguments)."""
+    warn_renamed("contextual_loss.engine.streaming_log_similarity", "streaming_evaluate(...).log_similarity")
     return streaming_evaluate(
         x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial, memory_budget=memory_budget
     ).log_similarity
@@ -156,7 +162,8 @@ def streaming_match(
     spatial: SpatialTerm | None = None,
     memory_budget: int | None = None,
 ) -> ContextualMatch:
-    """Per-target matches i*(j) and max_i CX_ij, with no N x M matrix (arguments of :func:`streaming_evaluate`)."""
+    """Deprecated: per-target matches from :func:`streaming_evaluate` (same arguments) as a :class:`ContextualMatch`."""
+    warn_renamed("contextual_loss.engine.streaming_match", "streaming_evaluate(...)")
     result = streaming_evaluate(
         x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial, memory_budget=memory_budget
     )

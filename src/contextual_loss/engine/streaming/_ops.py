@@ -15,9 +15,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from contextual_loss.engine.dense import dense_log_cx_matrix
 from contextual_loss.engine.kernels import RowStats
 from contextual_loss.engine.streaming import _backward, _forward
-from contextual_loss.engine.streaming._problem import Problem, no_autocast
+from contextual_loss.engine.streaming._problem import NO_SPATIAL, Problem, no_autocast
+from contextual_loss.engine.types import SpatialTerm
 
 __all__ = ["BACKWARD_SCHEMA", "FORWARD_SCHEMA", "DoubleBackwardError", "streaming_backward", "streaming_forward"]
 
@@ -29,7 +31,8 @@ class DoubleBackwardError(RuntimeError):
 _DOUBLE_BACKWARD_MESSAGE = (
     "the streaming contextual-loss engine computes first-order gradients only; differentiating its "
     "gradient again (double backward, e.g. a gradient penalty through create_graph=True) is not "
-    "supported. Pass engine='dense' for higher-order gradients (memory grows with N x M)."
+    "supported with engine='streaming'. Pass engine='dense' (or the default engine='auto', which "
+    "recomputes densely for a second differentiation) for higher-order gradients (memory grows with N x M)."
 )
 
 
@@ -37,8 +40,8 @@ _DOUBLE_BACKWARD_MESSAGE = (
 #: versions could not read under ``from __future__ import annotations``).
 FORWARD_SCHEMA = (
     "(Tensor x, Tensor y, Tensor? pos_x, Tensor? pos_y, str loss_type, float band_width, float eps, "
-    "float spatial_weight, str spatial_form, int memory_budget, str kernels, bool keep_rows) "
-    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+    "float spatial_weight, str spatial_form, int memory_budget, str kernels, bool keep_rows, "
+    "bool dense_double_backward) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 BACKWARD_SCHEMA = (
     "(Tensor grad_best, Tensor x, Tensor y, Tensor? pos_x, Tensor? pos_y, Tensor best, Tensor index, "
@@ -62,6 +65,7 @@ def streaming_forward(
     memory_budget: int,
     kernels: str,
     keep_rows: bool,
+    dense_double_backward: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The streaming forward pass (see :data:`~contextual_loss.engine.streaming._forward.ForwardOutputs`).
 
@@ -78,6 +82,9 @@ def streaming_forward(
         memory_budget: bytes of strip workspace.
         kernels: the requested strip kernels (``auto``, ``eager``, ``native``, ``triton``).
         keep_rows: keep the (B, N) row statistics for a backward pass.
+        dense_double_backward: when the gradient is taken with ``create_graph=True``, compute it
+            from a dense recomputation (N x M memory) so that it can be differentiated again,
+            instead of raising :class:`DoubleBackwardError` on the second differentiation.
 
     """
     problem = Problem(loss_type, band_width, eps, spatial_weight, spatial_form, memory_budget, kernels)
@@ -87,7 +94,7 @@ def streaming_forward(
 
 @streaming_forward.register_fake
 def _streaming_forward_fake(x, y, pos_x, pos_y, loss_type, band_width, eps, spatial_weight, spatial_form,
-                            memory_budget, kernels, keep_rows):  # fmt: skip
+                            memory_budget, kernels, keep_rows, dense_double_backward):  # fmt: skip
     (b, n, _), m = x.shape, y.shape[1]
     rows = n if keep_rows else 0
     return (
@@ -141,17 +148,38 @@ _SCALARS = ("loss_type", "band_width", "eps", "spatial_weight", "spatial_form", 
 
 
 def _setup_forward(ctx, inputs, output) -> None:
-    x, y, pos_x, pos_y, *scalars, _keep_rows = inputs
+    x, y, pos_x, pos_y, *scalars, _keep_rows, dense_double_backward = inputs
     ctx.scalars = tuple(scalars)
+    ctx.dense_double_backward = dense_double_backward
     ctx.save_for_backward(x, y, pos_x, pos_y, *output)
     ctx.mark_non_differentiable(*output[1:])  # only best (the first) carries a gradient
 
 
 def _backward_forward(ctx, grad_best: Tensor, *_unused: Tensor):
     x, y, pos_x, pos_y, *outputs = ctx.saved_tensors
-    dx, dy = streaming_backward(grad_best, x, y, pos_x, pos_y, *outputs, *ctx.scalars)
     needs = ctx.needs_input_grad
-    return (dx if needs[0] else None, dy if needs[1] else None) + (None,) * (2 + len(_SCALARS) + 1)
+    if ctx.dense_double_backward and torch.is_grad_enabled():  # create_graph=True: a second differentiation follows
+        dx, dy = _dense_gradients(grad_best, x, y, pos_x, pos_y, ctx.scalars, needs[:2])
+    else:
+        dx, dy = streaming_backward(grad_best, x, y, pos_x, pos_y, *outputs, *ctx.scalars)
+    return (dx if needs[0] else None, dy if needs[1] else None) + (None,) * (2 + len(_SCALARS) + 2)
+
+
+def _dense_gradients(
+    grad_best: Tensor, x: Tensor, y: Tensor, pos_x: Tensor | None, pos_y: Tensor | None, scalars: tuple, needs: tuple
+) -> tuple[Tensor | None, Tensor | None]:
+    """The gradients of sum_j grad_best_j A_j as a differentiable graph: A recomputed by the dense engine.
+
+    Only for ``create_graph=True`` (a gradient penalty, say): the dense matrices (N x M per image)
+    live while this graph does, which is what a second differentiation needs anyway.
+    """
+    loss_type, band_width, eps, weight, form, *_ = scalars
+    spatial = None if form == NO_SPATIAL else SpatialTerm(weight, form, pos_x, pos_y)
+    best = dense_log_cx_matrix(x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial)
+    best = best.max(dim=1).values  # the first row on ties, as the streaming engine
+    wanted = [t for t, need in zip((x, y), needs, strict=True) if need]
+    grads = iter(torch.autograd.grad(best, wanted, grad_best, create_graph=True))
+    return tuple(next(grads) if need else None for need in needs)  # type: ignore[return-value]
 
 
 def _setup_backward(ctx, inputs, output) -> None:

@@ -106,7 +106,25 @@ def image_positions(pos: Tensor | None, image: int) -> Tensor | None:
 
 @contextlib.contextmanager
 def reporting(progress: ProgressCallback | None) -> Iterator[None]:
-    """Have the streaming operators call ``progress(done, total)`` in this block (this context only)."""
+    """Report the engine's progress to ``progress(done, total)`` for every evaluation in this block.
+
+    For code that calls the engine through the loss functions or modules, which take no callback:
+    the streaming engine calls ``progress`` as the forward strips of each evaluation complete
+    (``total`` counts the strips of all images of that evaluation), the dense engine once with
+    ``(1, 1)``. The callback is held in a context variable, so other threads are not affected.
+    Not supported inside ``torch.compile`` (the compiled graph does not read it).
+
+    Examples:
+        >>> import torch
+        >>> from contextual_loss import contextual_loss
+        >>> from contextual_loss.engine import reporting
+        >>> seen = []
+        >>> with reporting(lambda done, total: seen.append((done, total))):
+        ...     _ = contextual_loss(torch.rand(1, 8, 40, 40), torch.rand(1, 8, 40, 40), engine="streaming")
+        >>> seen[-1][0] == seen[-1][1]
+        True
+
+    """
     token = _progress.set(progress)
     try:
         yield

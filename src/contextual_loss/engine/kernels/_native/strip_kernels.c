@@ -12,7 +12,7 @@
  * exponential (a polynomial here, about 1 ulp in float32) and the order of summation differ.
  * Row sums are accumulated in double.
  *
- * Forward, per row i (Mechrez et al., ECCV 2018; notation of the streaming design note):
+ * Forward, per row i (Mechrez et al., ECCV 2018; notation of docs/streaming.md):
  *   umax_i = max_k u_ik, k(i) its first index, m_i = beta_i - umax_i (clamped at 0 if asked),
  *   s_i = 1 / ((m_i + eps) h), t_ik = (u_ik - umax_i) s_i,
  *   L_i = log1p(sum_{k != k(i)} exp(t_ik)), a_ik = t_ik - L_i = log CX_ik,
