@@ -37,6 +37,7 @@ from contextual_loss.cli.options import (
     resolve_loss_defaults,
 )
 from contextual_loss.cli.work import ProgressLine
+from contextual_loss.engine import reporting
 from contextual_loss.explain import MatchExplanation, explain_match
 from contextual_loss.sampling import sample_positions
 
@@ -44,17 +45,6 @@ __all__ = ["register", "run"]
 
 #: Figure formats ``--out`` may end in.
 FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
-
-
-def _reporting() -> Any:
-    """The engine's ``reporting(progress)`` context manager (public in ``contextual_loss.engine`` once exported)."""
-    from contextual_loss import engine
-
-    if hasattr(engine, "reporting"):
-        return engine.reporting
-    from contextual_loss.engine.streaming._problem import reporting  # the same function, before its export
-
-    return reporting
 
 
 def _summary(explanation: MatchExplanation, args: argparse.Namespace, layer: str, sizes: dict) -> dict[str, Any]:
@@ -108,7 +98,7 @@ def _explain(args: argparse.Namespace, spec: FeatureSpec, layer: str, x: torch.T
         fx, fy = spec.extractor(x), spec.extractor(y)
         progress = ProgressLine(1.0, enabled=not args.no_progress and _stderr_is_terminal())
         try:
-            with progress.evaluation("explain", 1.0) as callback, _reporting()(callback):
+            with progress.evaluation("explain", 1.0) as callback, reporting(callback):
                 return explain_match(
                     fx[layer],
                     fy[layer],
