@@ -50,6 +50,7 @@ __all__ = [
     "COBI_FORMS",
     "DEFAULTS",
     "DEFAULT_WEIGHT_SP",
+    "DISTANCE_BY_FEATURES",
     "ENGINES",
     "FUNCTIONAL_COBI_BAND_WIDTH",
     "LOSS_TYPES",
@@ -129,10 +130,10 @@ class FeatureDefaults:
     weight_sp: float
 
 
-#: The distance for each kind of features: cosine for deep features (the papers and
+#: The distance for each kind of features (:data:`FeatureKind`): cosine for deep features (the papers and
 #: contextual_loss_pytorch), l1 for pixels and patches (identical photos give loss 0, the loss
 #: grows with the shift, and it trains better: docs/definition.md section 6.4, docs/training.md).
-_DISTANCE_BY_KIND: Mapping[str, Distance] = MappingProxyType({"pixels": "l1", "deep": "cosine"})
+DISTANCE_BY_FEATURES: Mapping[str, Distance] = MappingProxyType({"pixels": "l1", "deep": "cosine"})
 
 
 def feature_defaults(kind: FeatureKind, loss_type: Distance | None = None) -> FeatureDefaults:
@@ -156,8 +157,8 @@ def feature_defaults(kind: FeatureKind, loss_type: Distance | None = None) -> Fe
         FeatureDefaults(loss_type='cosine', weight_sp=0.1)
 
     """
-    check_choice("kind", kind, tuple(_DISTANCE_BY_KIND))
-    distance = _DISTANCE_BY_KIND[kind] if loss_type is None else loss_type
+    check_choice("kind", kind, tuple(DISTANCE_BY_FEATURES))
+    distance = DISTANCE_BY_FEATURES[kind] if loss_type is None else loss_type
     check_choice("loss_type", distance, LOSS_TYPES)
     return FeatureDefaults(distance, WEIGHT_SP_BY_DISTANCE[distance])
 
