@@ -56,7 +56,7 @@ def test_arguments_change_the_value():
 
 def test_patch_features_are_used():
     module = ContextualLoss(patch_size=3, padding="zero")
-    want = contextual_loss(extract_patches(X, 3, "zero"), extract_patches(Y, 3, "zero"), loss_type="l1")
+    want = contextual_loss(extract_patches(X, 3, "zero"), extract_patches(Y, 3, "zero"), loss_type="l2")
     torch.testing.assert_close(module(X, Y), want, rtol=0, atol=0)
     assert module.layer_weights == {"patches": 1.0}
 

@@ -214,8 +214,8 @@ def contextual_bilateral_loss(
     where p_i, q_j are the positions of the two vectors: pixel centres scaled by
     1 / max(H, W), so the aspect ratio is kept and maps of any size share one frame. Read w_s
     against the scale of the feature distance: cosine lies in [0, 2] (w_s = 0.1, the default),
-    while l1/l2 grow with the number of channels (1.0 suits the l1 distance of 5 x 5 RGB
-    patches). ``weight_sp = 0`` gives exactly the contextual loss.
+    while l1/l2 grow with the number of channels (1.0 suits the l1 and l2 distances of 5 x 5
+    RGB patches). ``weight_sp = 0`` gives exactly the contextual loss.
 
     ``form="released"`` reproduces the released code: (1 - w_s) CX_feat + w_s CX_spatial, the
     spatial CX computed from squared distances on the grid (r / (H + 1), c / (W + 1)). On equal

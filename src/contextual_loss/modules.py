@@ -200,11 +200,12 @@ class ContextualLoss(_ContextualModule):
     ``loss(prediction, target)`` extracts the features of both images (B, 3, H, W) and returns the
     weighted sum over the compared layers of :func:`contextual_loss.functional.contextual_loss`,
     reduced over the batch. The distance follows the features unless given: cosine for VGG19
-    layers and your own extractor (the papers, contextual_loss_pytorch), ``l1`` for patches of the
+    layers and your own extractor (the papers, contextual_loss_pytorch), ``l2`` for patches of the
     image (``patch_size=n``: identical photos give loss 0 and the loss grows with misalignment,
-    where cosine cannot tell flat patches apart; docs/definition.md, section 6.4). Without any
+    where cosine cannot tell flat patches apart, and it runs on a matrix product; docs/definition.md,
+    section 6.4). Without any
     features argument the image itself is compared with cosine, as contextual_loss_pytorch's
-    ``use_vgg=False`` does; ``patch_size=1`` compares pixels with the ``l1`` distance.
+    ``use_vgg=False`` does; ``patch_size=1`` compares pixels with the ``l2`` distance.
 
     Args:
         band_width: h > 0 (0.5 in the paper's animation experiments, 0.1 for style transfer).
@@ -243,9 +244,9 @@ class ContextualLoss(_ContextualModule):
 
     Examples:
         >>> import torch
-        >>> loss = ContextualLoss(patch_size=5)  # RGB patches: the l1 distance
+        >>> loss = ContextualLoss(patch_size=5)  # RGB patches: the l2 distance
         >>> loss.loss_type
-        'l1'
+        'l2'
         >>> pred, target = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
         >>> loss(pred, target).shape, float(loss(target, target))
         (torch.Size([]), 0.0)
@@ -321,7 +322,7 @@ class ContextualBilateralLoss(_ContextualModule):
     The features' CoBi (:func:`contextual_loss.functional.contextual_bilateral_loss`), summed over
     the compared layers with their weights. The distance follows the features as in
     :class:`ContextualLoss`, and the spatial weight follows the distance
-    (:data:`contextual_loss.options.WEIGHT_SP_BY_DISTANCE`: 0.1 for cosine, 1.0 for ``l1``).
+    (:data:`contextual_loss.options.WEIGHT_SP_BY_DISTANCE`: 0.1 for cosine, 1.0 for ``l1`` and ``l2``).
 
     Args:
         weight_sp: w_s, the weight of the spatial term (>= 0; in [0, 1] for ``form="released"``),
@@ -345,7 +346,7 @@ class ContextualBilateralLoss(_ContextualModule):
         >>> import torch
         >>> loss = ContextualBilateralLoss(patch_size=5)
         >>> loss.loss_type, loss.weight_sp
-        ('l1', 1.0)
+        ('l2', 1.0)
         >>> loss(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)).shape
         torch.Size([])
         >>> both = ContextualBilateralLoss(patch_size=5, layers={"patches": 1.0, "relu1_2": 1.0}, weights=None)

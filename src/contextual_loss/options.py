@@ -89,8 +89,10 @@ SAMPLES: tuple[str, ...] = get_args(Sample)
 
 #: CoBi's default spatial weight w_s per feature distance. The spatial distance D' lies in
 #: [0, sqrt(2)] (positions scaled by 1 / max(H, W)); w_s is read against the distance of two similar
-#: features: cosine distances lie in [0, 2] (Zhang et al.'s 0.1), l1 distances of 5 x 5 RGB patches
-#: of photos are about 2-5 for close matches (1.0 measured best in training, docs/training.md).
+#: features: cosine distances lie in [0, 2] (Zhang et al.'s 0.1), while raw l1/l2 distances grow with
+#: the channel count. 1.0 measured best with l1 on the cards (docs/training.md); with l2 on real
+#: photos 0.1 and 0.3 trained worse than 1.0 with l1 (28.46 and 28.70 dB against 29.15 dB, seed 0,
+#: experiments/real_photos), so l2 keeps 1.0.
 WEIGHT_SP_BY_DISTANCE: Mapping[Distance, float] = MappingProxyType({"cosine": 0.1, "l1": 1.0, "l2": 1.0})
 
 #: CoBi's default spatial weight w_s for the cosine distance: the functional API's and the drop-in
@@ -121,7 +123,7 @@ class FeatureDefaults:
         weight_sp: CoBi's spatial weight w_s for that distance.
 
     Examples:
-        >>> FeatureDefaults("l1", 1.0) == feature_defaults("pixels")
+        >>> FeatureDefaults("l2", 1.0) == feature_defaults("pixels")
         True
 
     """
@@ -131,9 +133,11 @@ class FeatureDefaults:
 
 
 #: The distance for each kind of features (:data:`FeatureKind`): cosine for deep features (the papers and
-#: contextual_loss_pytorch), l1 for pixels and patches (identical photos give loss 0, the loss
-#: grows with the shift, and it trains better: docs/definition.md section 6.4, docs/training.md).
-DISTANCE_BY_FEATURES: Mapping[str, Distance] = MappingProxyType({"pixels": "l1", "deep": "cosine"})
+#: contextual_loss_pytorch), l2 for pixels and patches: on real photos identical crops give loss 0 and
+#: the loss grows with the shift (as with l1; cosine cannot tell flat patches apart), it runs on a
+#: matrix product (l1 has none: about 10x faster on a photo pair) and trained as well as l1 or better
+#: (docs/definition.md section 6.4, docs/training.md, experiments/real_photos).
+DISTANCE_BY_FEATURES: Mapping[str, Distance] = MappingProxyType({"pixels": "l2", "deep": "cosine"})
 
 
 def feature_defaults(kind: FeatureKind, loss_type: Distance | None = None) -> FeatureDefaults:
@@ -152,7 +156,7 @@ def feature_defaults(kind: FeatureKind, loss_type: Distance | None = None) -> Fe
     Examples:
         >>> from contextual_loss.options import feature_defaults
         >>> feature_defaults("pixels")
-        FeatureDefaults(loss_type='l1', weight_sp=1.0)
+        FeatureDefaults(loss_type='l2', weight_sp=1.0)
         >>> feature_defaults("deep")
         FeatureDefaults(loss_type='cosine', weight_sp=0.1)
 

@@ -18,7 +18,7 @@ from contextual_loss.functional import contextual_bilateral_loss, contextual_los
 from contextual_loss.io import load_image, save_image
 from contextual_loss.options import feature_defaults
 
-#: The command line's defaults for pixels and patches (l1 distance and its CoBi spatial weight).
+#: The command line's defaults for pixels and patches (l2 distance and its CoBi spatial weight).
 PIXELS = feature_defaults("pixels")
 
 

@@ -21,16 +21,16 @@ def test_writes_a_png_and_summary(run_cli, images, tmp_path: Path) -> None:
     summary = json.loads(result.out)
     with Image.open(out) as figure:
         assert figure.format == "PNG" and figure.width > 300
-    # The command line's defaults for patches: the l1 distance; 576 positions, all compared.
+    # The command line's defaults for patches: the l2 distance; 576 positions, all compared.
     expected = explain_match(
-        extract_patches(load_image(images.shifted), 5), extract_patches(load_image(images.reference), 5), loss_type="l1"
+        extract_patches(load_image(images.shifted), 5), extract_patches(load_image(images.reference), 5), loss_type="l2"
     )
     assert summary["similarity"] == pytest.approx(expected.cx, rel=1e-6)
     assert summary["one_to_one_fraction"] == pytest.approx(expected.unique_fraction)
     # The prediction is the texture 2 px further right: most targets find their match 2 px left.
     assert summary["median_displacement"] == pytest.approx(2.0)
     assert summary["loss"] == "CX" and summary["positions"] == 576
-    assert summary["settings"]["loss_type"] == "l1" and summary["duplicates"]["cx_cap"] == 1.0
+    assert summary["settings"]["loss_type"] == "l2" and summary["duplicates"]["cx_cap"] == 1.0
 
 
 @pytest.mark.parametrize("extra", [[], ["--max-points", "150"], ["--pixels", "--max-points", "150", "--seed", "2"]])

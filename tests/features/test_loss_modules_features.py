@@ -109,7 +109,7 @@ def test_custom_extractor(images) -> None:
 def test_patches_and_vgg_together(cls, weights_file: Path, images) -> None:
     combined = cls(patch_size=3, layers={"patches": 1.0, "relu1_2": 0.25}, weights=weights_file, reduction="none")
     assert isinstance(combined.features, FeatureUnion)
-    # One distance for every layer: with VGG19 layers, cosine (patches alone default to l1).
+    # One distance for every layer: with VGG19 layers, cosine (patches alone default to l2).
     assert combined.loss_type == "cosine"
     patches_only = cls(patch_size=3, loss_type="cosine", reduction="none")
     vgg_only = cls(layers="relu1_2", weights=weights_file, reduction="none")
