@@ -128,10 +128,11 @@ def test_entry_point_reports_without_traceback_and_without_matplotlib(tmp_path: 
 def test_demo_out_is_a_file(run_cli, tmp_path: Path) -> None:
     taken = tmp_path / "exists.png"
     taken.write_bytes(b"not a folder")
-    _one_line_error(run_cli("demo", "--fast", "--no-figures", "--out", str(taken)), f"--out: {taken} is a file")
-    _one_line_error(
-        run_cli("demo", "--fast", "--out", str(taken / "sub")), f"cannot create the folder {taken / 'sub'}", "is a file"
-    )
+    first = run_cli("demo", "--fast", "--no-figures", "--out", str(taken))
+    _one_line_error(first, f"--out: {taken} is a file")
+    below = run_cli("demo", "--fast", "--out", str(taken / "sub"))
+    _one_line_error(below, f"cannot create the folder {taken / 'sub'}", "is a file")
+    assert first.out == below.out == ""  # checked before any work: no tables above the error
     assert taken.read_bytes() == b"not a folder"
 
 
@@ -141,6 +142,7 @@ def test_demo_refuses_to_overwrite_an_earlier_run_unless_forced(run_cli, tmp_pat
     before = (out / "texture.png").stat().st_mtime_ns
     again = run_cli("demo", "--fast", "--no-figures", "--out", str(out))
     assert again.code == 2 and "already holds texture.png" in again.err and "add --force" in again.err
+    assert again.out == ""  # refused before any work
     assert (out / "texture.png").stat().st_mtime_ns == before
     assert run_cli("demo", "--fast", "--no-figures", "--out", str(out), "--force").code == 0
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from contextual_loss.cli import COMMANDS
 from contextual_loss.cli.parser import CommandError, check_output_folder, note
-from contextual_loss.demo.misalignment import MisalignmentStudy, misalignment_study
+from contextual_loss.demo.misalignment import MisalignmentStudy, copy_labels, misalignment_study
 from contextual_loss.demo.seed_example import SEED_BAND_WIDTH, SEED_CX, SEED_X, SEED_Y, seed_images, seed_permutations
 
 __all__ = ["register", "run"]
@@ -68,18 +68,21 @@ def _print_misalignment(study: MisalignmentStudy) -> None:
 FIGURES = ("seed_example.png", "misalignment.png", "texture_match.png")
 
 
-def _image_files(study: MisalignmentStudy) -> dict[str, str]:
+def _image_files() -> dict[str, str]:
     """Copy label -> file name of the images the demo writes (the reference is ``texture.png``)."""
     names = {"shift 0 px": "texture.png"}  # the reference itself
-    for label in study.copies:
+    for label in copy_labels(SHIFTS, ANGLE):
         names.setdefault(label, f"texture_{label.replace(' ', '_').replace('°', 'deg')}.png")
     return names
 
 
-def _check_outputs(study: MisalignmentStudy, out: Path, figures: bool, force: bool) -> None:
-    """Refuse to overwrite files of an earlier run unless ``--force``; the folder must be creatable."""
+def _check_outputs(out: Path, figures: bool, force: bool) -> None:
+    """Refuse to overwrite files of an earlier run unless ``--force``; the folder must be creatable.
+
+    Runs before any work, so that a wrong ``--out`` is reported at once and alone.
+    """
     check_output_folder("--out", out)
-    planned = [*_image_files(study).values(), *(FIGURES if figures else ())]
+    planned = [*_image_files().values(), *(FIGURES if figures else ())]
     existing = [name for name in planned if (out / name).exists()]
     if existing and not force:
         shown = ", ".join(existing[:3]) + (", ..." if len(existing) > 3 else "")
@@ -98,7 +101,7 @@ def _write_outputs(study: MisalignmentStudy, out: Path, figures: bool) -> list[P
     except OSError as error:
         raise CommandError(f"--out: cannot create the folder {out} ({error.strerror or error})") from error
     written = [save_image(study.reference, out / "texture.png")]
-    for label, name in _image_files(study).items():
+    for label, name in _image_files().items():
         if label != "shift 0 px":
             written.append(save_image(study.copies[label], out / name))
     if not figures:
@@ -135,13 +138,13 @@ def _figures(study: MisalignmentStudy, out: Path) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     """Print the seed example and the misalignment table, write the figures; 0 on success."""
     start = time.perf_counter()
+    out = Path(args.out).expanduser()
+    _check_outputs(out, figures=not args.no_figures, force=args.force)
     seed_ok = _print_seed()
     study = misalignment_study(
         size=FAST_SIZE if args.fast else SIZE, patch_size=PATCH_SIZE, shifts=SHIFTS, angle=ANGLE, band_width=BAND_WIDTH
     )
     _print_misalignment(study)
-    out = Path(args.out).expanduser()
-    _check_outputs(study, out, figures=not args.no_figures, force=args.force)
     print("\n3. Outputs")
     written = _write_outputs(study, out, figures=not args.no_figures)
     for file in written:
