@@ -86,6 +86,21 @@ def test_offline_machine_gets_an_actionable_error(monkeypatch, tmp_path: Path, c
     assert "weights=PATH" in captured.err
 
 
+def test_a_file_that_fails_its_checksum_is_one_line_and_not_kept(monkeypatch, tmp_path: Path, capsys) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+    def corrupted(url: str, dst: str, hash_prefix: str | None = None, progress: bool = True) -> None:
+        # What torch.hub raises when the downloaded bytes do not match (it removes its temporary file).
+        raise RuntimeError(f'invalid hash value (expected "{hash_prefix}", got "0123abcd...")')
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", corrupted)
+    assert main(["download-weights", "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert "SHA-256 check" in captured.err and 'expected "dcbb9e9d"' in captured.err
+    assert not vgg19_cache_path().exists()
+
+
 def test_the_downloaded_file_is_found_by_weights_imagenet(fake_hub) -> None:
     assert main(["download-weights", "--no-progress"]) == 0
     vgg = VGG19Features("relu1_1", weights="imagenet", download=False)

@@ -103,7 +103,8 @@ def download_vgg19_weights(dest: str | os.PathLike[str] | None = None, *, progre
         The path of the checkpoint. An existing file is kept, not downloaded again.
 
     Raises:
-        WeightsNotFoundError: the download failed (no network, HTTP error, ...).
+        WeightsNotFoundError: the download failed (no network, HTTP error, ...) or the file failed
+            its SHA-256 check.
         NotADirectoryError: ``dest`` or one of its parents is a file.
 
     Examples:
@@ -127,6 +128,9 @@ def download_vgg19_weights(dest: str | os.PathLike[str] | None = None, *, progre
         )
     except OSError as error:  # URLError, socket errors, SSL errors and HTTP errors are all OSErrors
         reason = f"downloading {VGG19_IMAGENET_URL} to {target} failed ({error})"
+        raise WeightsNotFoundError(_missing_message(reason)) from error
+    except RuntimeError as error:  # torch.hub's only RuntimeError here: the SHA-256 prefix does not match
+        reason = f"the file downloaded from {VGG19_IMAGENET_URL} failed its SHA-256 check ({error}); nothing was kept"
         raise WeightsNotFoundError(_missing_message(reason)) from error
     return target
 
