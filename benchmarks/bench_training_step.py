@@ -137,7 +137,7 @@ def _worker(args: argparse.Namespace) -> dict:
         logs = []
         with full_precision(out.device):
             for sets in prepared:
-                chosen.add(engine.choose_engine(sets.x, sets.y, options.engine))
+                chosen.add(engine.choose_engine(sets.x, sets.y, options.engine, options.loss_type))
                 sizes.add(f"{sets.x.shape[1]}")
                 logs.append(engine.evaluate(sets.x, sets.y, options, sets.spatial).log_similarity)
         loss = sum(w * (-log).clamp_min(0.0) for w, log in zip(weights.values(), logs, strict=True)).mean()
@@ -200,7 +200,7 @@ def _crossover_worker(args: argparse.Namespace) -> dict:
             log.sum().backward()
             if step >= 2:  # the first two are warm-up
                 times[name].append(time.perf_counter() - t0)
-    chosen = engine.choose_engine(x0, y0, "auto")
+    chosen = engine.choose_engine(x0, y0, "auto", distance)
     return {name: 1000 * statistics.median(t) for name, t in times.items()} | {"auto": chosen}
 
 

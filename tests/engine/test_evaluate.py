@@ -115,6 +115,37 @@ def test_auto_rule_never_takes_dense_beyond_its_memory_bound():
     assert 8 * 512 * 512 * 10 * 4 == 80 * 2**20
 
 
+def test_auto_rule_takes_dense_for_l1_wherever_its_memory_bound_allows():
+    # l1 has no GEMM: the dense engine was faster at every size measured, so only memory limits it.
+    cpu = ("cpu", None)
+    assert engine.auto_engine(8, 512, 512, 75, torch.float32, *cpu, "l1") == "dense"  # the streaming rule's case
+    assert engine.auto_engine(8, 512, 512, 75, torch.float32, *cpu, "l2") == "streaming"
+    assert engine.auto_engine(8, 512, 512, 75, torch.float32, *cpu, "cosine") == "streaming"
+    assert engine.auto_engine(8, 512, 512, 75, torch.float32, *cpu) == "streaming"  # unknown: as l2
+    largest = 2**28 // (10 * 4 * 512 * 512)
+    assert engine.auto_engine(largest, 512, 512, 75, torch.float32, *cpu, "l1") == "dense"
+    assert engine.auto_engine(largest + 1, 512, 512, 75, torch.float32, *cpu, "l1") == "streaming"
+    assert engine.auto_engine(1, 4096, 4096, 75, torch.float32, *cpu, "l1") == "streaming"  # 640 MiB of matrices
+
+
+def test_evaluate_routes_by_the_distance():
+    # The l1 comparison of a size the other distances stream runs on the dense engine (plain autograd).
+    x = torch.rand(2, 200, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(2, 200, 3, dtype=torch.float64)
+    for loss_type, node in (("l1", "dense"), ("l2", "streaming")):
+        assert engine.choose_engine(x, y, "auto", loss_type) == node
+        xs, ys = maths.prepare_features(x, y, loss_type)
+        log = engine.evaluate(xs, ys, ContextualOptions(loss_type=loss_type)).log_similarity
+        names = set()
+        stack = [log.grad_fn]
+        while stack:
+            fn = stack.pop()
+            if fn is not None:
+                names.add(type(fn).__name__)
+                stack.extend(next_fn for next_fn, _ in fn.next_functions)
+        assert any("streaming_forward" in name for name in names) == (node == "streaming"), names
+
+
 def test_dense_entries_per_image_is_monotone_in_channels():
     sizes = [engine.dense_entries_per_image(c) for c in range(1, 2049)]
     assert sizes == sorted(sizes)

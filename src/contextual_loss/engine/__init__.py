@@ -112,12 +112,20 @@ def dense_entries_per_image(c: int) -> int:
 
 
 def auto_engine(
-    b: int, n: int, m: int, c: int, dtype: torch.dtype, device_type: str, device_memory: int | None = None
+    b: int,
+    n: int,
+    m: int,
+    c: int,
+    dtype: torch.dtype,
+    device_type: str,
+    device_memory: int | None = None,
+    loss_type: Distance | None = None,
 ) -> Literal["dense", "streaming"]:
     """The engine ``auto`` picks for B images of N x M vectors of C channels: a fixed rule, see docs/engine.md.
 
     Every device: dense while each image is small, N * M <= :func:`dense_entries_per_image` (C)
-    (the CPU crossover: 2^15 up to C = 128, in proportion to C above, 2^17 from C = 512), and the
+    (the CPU crossover: 2^15 up to C = 128, in proportion to C above, 2^17 from C = 512), or the
+    distance is ``"l1"`` (no GEMM: the dense engine was faster at every size measured), and the
     dense working set, :data:`DENSE_MATRICES` (B, N, M) matrices of the compute dtype, is at most
     :data:`DENSE_MAX_BYTES` (256 MiB). The batch does not move the crossover (both engines' time
     grows in proportion to B), only the memory bound. On CUDA (``device_memory``: the device's
@@ -132,10 +140,13 @@ def auto_engine(
         dtype: the inputs' dtype (float16/bfloat16 are computed in float32).
         device_type: ``"cpu"``, ``"cuda"``, ...
         device_memory: total memory of the CUDA device in bytes (``None`` elsewhere).
+        loss_type: the distance, ``"cosine"``, ``"l2"`` or ``"l1"``; ``None`` (unknown) is
+            decided as cosine and l2 are.
 
     """
     dense_bytes = b * n * m * DENSE_MATRICES * compute_dtype(dtype).itemsize
-    if n * m <= dense_entries_per_image(c) and dense_bytes <= DENSE_MAX_BYTES:
+    fast_dense = loss_type == "l1" or n * m <= dense_entries_per_image(c)
+    if fast_dense and dense_bytes <= DENSE_MAX_BYTES:
         return "dense"
     if device_type == "cuda" and device_memory is not None and dense_bytes <= device_memory * DENSE_MEMORY_FRACTION:
         return "dense"
@@ -159,13 +170,15 @@ def _device_memory(device: torch.device) -> int | None:
     return _cuda_memory(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def choose_engine(x: Tensor, y: Tensor, engine: EngineName = "auto") -> Literal["dense", "streaming"]:
-    """The engine ``engine`` resolves to for prepared sets x (B, N, C) and y (B, M, C)."""
+def choose_engine(
+    x: Tensor, y: Tensor, engine: EngineName = "auto", loss_type: Distance | None = None
+) -> Literal["dense", "streaming"]:
+    """The engine ``engine`` resolves to for prepared sets x (B, N, C) and y (B, M, C) compared with ``loss_type``."""
     if engine != "auto":
         return engine
     (b, n, c), m = x.shape, y.shape[1]
     dtype = torch.promote_types(x.dtype, y.dtype)
-    return auto_engine(b, n, m, c, dtype, x.device.type, _device_memory(x.device))
+    return auto_engine(b, n, m, c, dtype, x.device.type, _device_memory(x.device), loss_type)
 
 
 def _check_sets(x: object, y: object) -> None:
@@ -193,7 +206,7 @@ def _evaluate(
 ) -> EngineResult:
     _check_sets(x, y)
     kwargs = {"loss_type": loss_type, "band_width": band_width, "eps": eps, "spatial": spatial}
-    if choose_engine(x, y, engine) == "dense":
+    if choose_engine(x, y, engine, loss_type) == "dense":
         result = dense_evaluate(x, y, **kwargs)
         if progress is not None:  # one unit of work
             progress(1, 1)
