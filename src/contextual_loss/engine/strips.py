@@ -195,21 +195,34 @@ def _entries_at_least(
     """(rows, cols) of the entries u_ik >= low_q of the rows i = which[q] of a contiguous strip u.
 
     ``block_max`` (Q, blocks) holds those rows' block maxima (:func:`_block_max`): only the blocks
-    whose maximum reaches low_q are searched, entry by entry (flat indices: 1-D gathers are fast).
+    whose maximum reaches low_q are searched, entry by entry. Whole blocks are gathered as rows of
+    a (R, M // block, block) view of u (one copy of contiguous runs, no per-entry index arithmetic);
+    the last, shorter block (M not a multiple of ``block``) is compared in place.
     """
-    m = u.shape[1]
+    r, m = u.shape
     q, blocks = (block_max >= low.unsqueeze(1)).nonzero(as_tuple=True)
     if q.numel() * block > u.numel() // 2:  # most blocks: one comparison over the strip is cheaper, and smaller
-        threshold = u.new_full((u.shape[0],), math.inf).index_copy_(0, which, low)
+        threshold = u.new_full((r,), math.inf).index_copy_(0, which, low)
         flat = (u >= threshold.unsqueeze(1)).view(-1).nonzero().squeeze(1)
         return flat.div(m, rounding_mode="floor"), flat.remainder(m)
-    rows = which[q]
-    cols = (blocks * block).unsqueeze(1) + torch.arange(block, device=u.device)  # (K, block)
-    inside = cols < m  # (the last block may be shorter)
-    cols.clamp_max_(m - 1)
-    hit = (u.view(-1)[cols + (rows * m).unsqueeze(1)] >= low[q].unsqueeze(1)) & inside
-    k, j = hit.nonzero(as_tuple=True)
-    return rows[k], cols[k, j]
+    full = m - m % block
+    found_rows, found_cols = [], []
+    if full < m:
+        in_tail = blocks == full // block
+        q_tail = q[in_tail]
+        k, j = (u[which[q_tail], full:] >= low[q_tail].unsqueeze(1)).nonzero(as_tuple=True)
+        found_rows.append(which[q_tail[k]])
+        found_cols.append(j + full)
+        q, blocks = q[~in_tail], blocks[~in_tail]
+    if full > 0:
+        rows = which[q]
+        chunks = u[:, :full].view(r, full // block, block)[rows, blocks]  # (K, block)
+        k, j = (chunks >= low[q].unsqueeze(1)).nonzero(as_tuple=True)
+        found_rows.append(rows[k])
+        found_cols.append(blocks[k] * block + j)
+    if len(found_rows) == 1:
+        return found_rows[0], found_cols[0]
+    return torch.cat(found_rows), torch.cat(found_cols)
 
 
 @dataclass(frozen=True)
@@ -347,11 +360,12 @@ class _CosineDistance(StripDistance):
     def __init__(self, x: Tensor, y: Tensor) -> None:
         super().__init__(x, y)
         self._y_neg = torch.cat((y, y.new_full((y.shape[0], 1), -1.0)), dim=1)
+        norm_x, norm_y = x.pow(2).sum(-1), y.pow(2).sum(-1)  # 1 (unit vectors) or exactly 0 (zero vectors)
         unit = nearfield.gemm_unit_roundoff(x)
-        self.bound = nearfield.rounding_bound(x.pow(2).sum(-1), y.pow(2).sum(-1).amax(), x.shape[1], unit)
+        self.bound = nearfield.rounding_bound(norm_x, norm_y.amax(), x.shape[1], unit)
         # 1/2 for each zero vector: a zero vector stays at distance 1 from everything in the direct form.
-        self._half_zero_x = (x.abs().amax(dim=1) == 0).to(x.dtype).mul_(0.5)
-        self._half_zero_y = (y.abs().amax(dim=1) == 0).to(y.dtype).mul_(0.5)
+        self._half_zero_x = (norm_x == 0).to(x.dtype).mul_(0.5)
+        self._half_zero_y = (norm_y == 0).to(y.dtype).mul_(0.5)
 
     def affinity(self, rows: Tensor | slice, out: Tensor) -> Tensor:
         xs = self.x[rows]  # [x, 1] per strip: (R, C + 1), no (N, C + 1) copy of x
