@@ -118,27 +118,27 @@ def prepare_features(x: Tensor, y: Tensor, loss_type: Distance, center: Center =
         return x, y
     # Centring subtracts nearly equal numbers for vectors near the mean: in float32 the mean's own
     # rounding (u |mu|) would turn their directions by u |mu| / |x - mu|, enough to separate
-    # collinear or equal directions by more than eps. In float64 the centred vectors are rounded
-    # once, to the input's precision; only these O((N + M) C) operations run in float64.
-    # Powers of two (exact, and without effect on directions) bring the values near 1 before the
-    # mean (no overflow of its sum) and the centred norms near 1 before the normalisation in the
-    # input dtype (no overflow or underflow of its squares): cosine is scale-invariant at any scale.
-    xw, yw = x.to(torch.float64), y.to(torch.float64)
+    # collinear or equal directions by more than eps. So centring and normalising run in float64
+    # and the unit vectors are rounded once, to the input's precision; only these O((N + M) C)
+    # operations run in float64. A power of two (exact, and without effect on directions) brings
+    # the values to at most 1 before the mean (no overflow of its sum, nor of the squared norms;
+    # what underflows lies far below the zero-norm tolerance): cosine is scale-invariant at any scale.
     with torch.no_grad():
-        peak = torch.maximum(xw.abs().amax(dim=(1, 2)), yw.abs().amax(dim=(1, 2)))
+        peak = torch.maximum(_largest_magnitude(x), _largest_magnitude(y)).to(torch.float64)
         scale = _power_of_two_below(peak if center == "image" else peak.amax().expand_as(peak)).view(-1, 1, 1)
-    xw, yw = xw * scale, yw * scale
+    xw, yw = x * scale, y * scale  # (float64: the scale's dtype wins the type promotion; one pass each)
     mu = yw.mean(dim=1, keepdim=True) if center == "image" else yw.mean(dim=(0, 1), keepdim=True)
-    xc, yc = xw - mu, yw - mu
-    with torch.no_grad():
-        # float64's eps whatever the input dtype: centring in float64 leaves noise of that order, and
-        # float32 and float64 inputs then define the same zero vectors
-        tol = zero_norm_tolerance(xw, yw, precision=torch.float64)
-        peak = torch.maximum(xc.norm(dim=-1).amax(dim=-1), yc.norm(dim=-1).amax(dim=-1))
-        rescale = _power_of_two_below(peak).view(-1, 1, 1)
-        tol = tol * rescale
-    xc, yc = xc * rescale, yc * rescale
-    return _normalize(xc.to(x.dtype), tol.to(x.dtype)), _normalize(yc.to(y.dtype), tol.to(y.dtype))
+    # float64's eps whatever the input dtype: centring in float64 leaves noise of that order, and
+    # float32 and float64 inputs then define the same zero vectors
+    tol = zero_norm_tolerance(xw, yw, precision=torch.float64)
+    return _normalize(xw - mu, tol).to(x.dtype), _normalize(yw - mu, tol).to(y.dtype)
+
+
+def _largest_magnitude(t: Tensor) -> Tensor:
+    """(B,) max |t| per image of a set t (B, P, C), in one pass without a temporary (0 for an empty set)."""
+    if t.shape[1] * t.shape[2] == 0:
+        return t.new_zeros(t.shape[0])
+    return torch.linalg.vector_norm(t.detach(), ord=math.inf, dim=(1, 2))
 
 
 def feature_distance(x: Tensor, y: Tensor, loss_type: Distance) -> Tensor:
