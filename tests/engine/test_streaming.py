@@ -364,8 +364,9 @@ def _spatial_term(form, n, m, dtype=torch.float64, seed=12):
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_duplicated_rows_resolve_ties_like_dense(loss_type, cobi):
     # Exact ties (docs/streaming.md, section 2: first index wins): duplicated y rows tie the row
-    # minimum, duplicated x rows tie the column maximum; both engines take the first index. Only exact
-    # duplicates tie: the features are random otherwise (no near-ties), prepared as the functional API would.
+    # minimum, duplicated x rows tie the column maximum; both engines take the first index. Only
+    # exact duplicates tie: the features are random otherwise (no near-ties), prepared as the
+    # functional API would.
     n, m, c = 24, 20, 6
     x, y = maths.prepare_features(*_prepared(2, n, m, c, seed=13), loss_type)
     y[:, 7] = y[:, 3]

@@ -18,7 +18,8 @@ from torch import nn
 from contextual_loss import ContextualBilateralLoss, ContextualLoss
 from contextual_loss.features import VGG19Features, vgg19_cache_path
 
-#: Shallow layers keep the tests fast; the configuration of a VGG loss on relu3_2 and relu4_2 is measured in its own test.
+#: Shallow layers keep the tests fast; the configuration of a VGG loss on relu3_2 and relu4_2
+#: is measured in its own test.
 LAYERS = {"relu1_2": 1.0, "relu2_1": 1.0}
 ISSUE_LAYERS = {"relu3_2": 1.0, "relu4_2": 1.0}
 
