@@ -202,13 +202,14 @@ class TestContextualLoss(_Template):
 class TestContextualBilateralLoss(_Template):
     function = staticmethod(contextual_bilateral_loss)
     module = ContextualBilateralLoss
-    arguments: ClassVar[dict[str, Any]] = {"weight_sp": 0.2}
+    # The band width is given: the function defaults to 1.0 and the module to 0.5, as in contextual_loss_pytorch.
+    arguments: ClassVar[dict[str, Any]] = {"weight_sp": 0.2, "band_width": 0.5}
 
 
 class TestContextualBilateralLossReleasedForm(_Template):
     function = staticmethod(contextual_bilateral_loss)
     module = ContextualBilateralLoss
-    arguments: ClassVar[dict[str, Any]] = {"weight_sp": 0.3, "form": "released"}
+    arguments: ClassVar[dict[str, Any]] = {"weight_sp": 0.3, "band_width": 0.5, "form": "released"}
 
 
 class TestContextualSimilarity(_Template):

@@ -48,15 +48,7 @@ OFFLINE, WITH_WEIGHTS = "offline", "with-weights"
 
 #: (file, a line of the block, mode) -> why it fails today. The README and each doc's owner fix them;
 #: then the entry goes. Keyed by content, not line numbers, so that edits elsewhere keep them valid.
-KNOWN_BROKEN: dict[tuple[str, str, str], str] = {
-    ("README.md", 'contextual_loss(x, y, engine="auto")', OFFLINE): "NameError: x is not defined",
-    ("README.md", 'ContextualLoss(layers={"relu3_2": 1.0, "relu4_2": 1.0})', OFFLINE): (
-        "needs downloaded VGG19 weights but has no <!-- needs-weights --> marker (WeightsNotFoundError)"
-    ),
-    ("docs/cli.md", 'load_image("pred.png", max_side=64)', OFFLINE): "FileNotFoundError: pred.png",
-    ("docs/engine.md", "contextual_loss(x, y, band_width=0.5)", OFFLINE): "NameError: x is not defined",
-    ("docs/training.md", "out = net(photo)", OFFLINE): "NameError: net is not defined",
-}
+KNOWN_BROKEN: dict[tuple[str, str, str], str] = {}
 
 _FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^\s`]*)")
 _MARKER = re.compile(r"^\s*<!--\s*(?P<names>[\w\s-]+?)\s*-->\s*$")

@@ -171,21 +171,27 @@ def _positional(callable_: object, count: int) -> list[tuple[str, object]]:
     "name",
     [
         "contextual_loss",
-        pytest.param(
-            "contextual_bilateral_loss",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="not drop-in yet: functional contextual_bilateral_loss defaults to band_width=0.5, "
-                "theirs to 1.0 (the modules agree on 0.5)",
-            ),
-        ),
+        "contextual_bilateral_loss",
         "ContextualLoss",
         "ContextualBilateralLoss",
     ],
 )
-def test_signatures_keep_their_positional_parameters_and_defaults(name) -> None:
+def test_signatures_keep_their_positional_parameters_and_defaults(name, imagenet: Path) -> None:
     ours, theirs = THEIR_SIGNATURES[name]
-    assert _positional(ours, len(theirs)) == theirs
+    positional = _positional(ours, len(theirs))
+    assert [p for p, _ in positional] == [p for p, _ in theirs]
+    if not inspect.isclass(ours):
+        assert positional == theirs
+        return
+    # The modules' loss_type ("auto") and CoBi's weight_sp (None) follow the features; for every
+    # feature theirs offers (the image itself, VGG19 layers) they resolve to their defaults.
+    options = {"band_width", "loss_type", "weight_sp"}
+    assert [(p, d) for p, d in positional if p not in options] == [(p, d) for p, d in theirs if p not in options]
+    for kwargs in ({}, {"use_vgg": True}, {"use_vgg": True, "vgg_layer": "relu5_4"}):
+        module = ours(**kwargs)
+        assert [(p, getattr(module, p)) for p, _ in theirs if p in options] == [
+            (p, d) for p, d in theirs if p in options
+        ]
 
 
 def test_positional_calls_bind_as_in_theirs() -> None:

@@ -72,7 +72,7 @@ def test_seed_example_matrices() -> None:
 def test_cobi_matches(form: str) -> None:
     x, y = _distinct_features(4, 4, seed=4), _distinct_features(4, 4, seed=5)
     result = explain_match(x, y, weight_sp=0.3, form=form)
-    expected = contextual_bilateral_loss(x, y, 0.3, form=form)
+    expected = contextual_bilateral_loss(x, y, 0.3, 0.5, form=form)
     assert -math.log(result.cx) == pytest.approx(float(expected), rel=1e-10)
     assert result.cx_matrix is not None
     torch.testing.assert_close(result.cx_matrix.max(dim=0).values.view(4, 4), result.similarity)

@@ -121,7 +121,9 @@ class TestBilateral:
         x, y = rand64(2, 4, 5, 6, seed=18), rand64(2, 4, 4, 6, seed=19)
         cx = contextual_loss(x, y, loss_type=loss_type, reduction="none")
         for form in ("paper", "released"):
-            cobi = contextual_bilateral_loss(x, y, weight_sp=0.0, loss_type=loss_type, form=form, reduction="none")
+            cobi = contextual_bilateral_loss(
+                x, y, weight_sp=0.0, band_width=0.5, loss_type=loss_type, form=form, reduction="none"
+            )
             torch.testing.assert_close(cobi, cx, rtol=1e-12, atol=1e-12)
 
     def test_is_not_permutation_invariant(self):
@@ -141,7 +143,7 @@ class TestBilateral:
     @pytest.mark.parametrize("weight_sp", [0.1, 0.5, 0.9])
     def test_released_form_matches_transcription_in_cx_direction(self, weight_sp):
         x, y = rand64(2, 3, 4, 4, seed=23), rand64(2, 3, 4, 4, seed=24)
-        got = contextual_bilateral_loss(x, y, weight_sp=weight_sp, form="released", reduction="none")
+        got = contextual_bilateral_loss(x, y, weight_sp=weight_sp, band_width=0.5, form="released", reduction="none")
         want = torch.stack([-naive_cobi_released(x[b], y[b], weight_sp, 0.5).log() for b in range(2)])
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
@@ -177,9 +179,17 @@ class TestMatch:
     def test_bilateral_matches_follow_cobi(self):
         x, y = rand64(1, 4, 4, 4, seed=29), rand64(1, 4, 4, 4, seed=30)
         result = contextual_match(x, y, weight_sp=0.2)
+        # contextual_match's band width defaults to 0.5, the functional CoBi's to 1.0 (drop-in): pass it.
         torch.testing.assert_close(
-            -result.log_similarity, contextual_bilateral_loss(x, y, weight_sp=0.2, reduction="none")
+            -result.log_similarity, contextual_bilateral_loss(x, y, weight_sp=0.2, band_width=0.5, reduction="none")
         )
+
+    def test_functional_cobi_defaults_to_band_width_one_as_contextual_loss_pytorch(self):
+        x, y = rand64(1, 4, 4, 4, seed=29), rand64(1, 4, 4, 4, seed=30)
+        torch.testing.assert_close(
+            contextual_bilateral_loss(x, y), contextual_bilateral_loss(x, y, 0.1, 1.0), rtol=0, atol=0
+        )
+        assert not torch.allclose(contextual_bilateral_loss(x, y), contextual_bilateral_loss(x, y, 0.1, 0.5))
 
 
 class TestSampling:

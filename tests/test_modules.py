@@ -9,8 +9,9 @@ import torch
 from tests.helpers import rand
 
 from contextual_loss import ContextualBilateralLoss, ContextualLoss
-from contextual_loss.features import extract_patches
+from contextual_loss.features import IdentityFeatures, extract_patches
 from contextual_loss.functional import contextual_bilateral_loss, contextual_loss
+from contextual_loss.options import WEIGHT_SP_BY_DISTANCE, feature_defaults
 
 X, Y = rand(2, 3, 8, 8, seed=1), rand(2, 3, 8, 8, seed=2)
 
@@ -55,9 +56,34 @@ def test_arguments_change_the_value():
 
 def test_patch_features_are_used():
     module = ContextualLoss(patch_size=3, padding="zero")
-    want = contextual_loss(extract_patches(X, 3, "zero"), extract_patches(Y, 3, "zero"))
+    want = contextual_loss(extract_patches(X, 3, "zero"), extract_patches(Y, 3, "zero"), loss_type="l2")
     torch.testing.assert_close(module(X, Y), want, rtol=0, atol=0)
     assert module.layer_weights == {"patches": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "kind"),
+    [
+        ({}, "deep"),  # the image itself: cosine, as contextual_loss_pytorch's use_vgg=False
+        ({"patch_size": 5}, "pixels"),
+        ({"patch_size": 1}, "pixels"),
+        ({"patch_size": 3, "layers": {"patches": 2.0}}, "pixels"),
+        ({"layers": "relu1_2", "weights": None}, "deep"),
+        ({"use_vgg": True, "vgg_layer": "relu1_2", "weights": None}, "deep"),
+        ({"patch_size": 3, "layers": {"patches": 1.0, "relu1_2": 1.0}, "weights": None}, "deep"),
+        ({"features": IdentityFeatures()}, "deep"),
+    ],
+)
+def test_the_distance_and_spatial_weight_follow_the_features(kwargs, kind):
+    cx, cobi = ContextualLoss(**kwargs), ContextualBilateralLoss(**kwargs)
+    defaults = feature_defaults(kind)
+    assert cx.feature_kind == cobi.feature_kind == kind
+    assert cx.loss_type == cobi.loss_type == defaults.loss_type
+    assert cobi.weight_sp == defaults.weight_sp
+    # Given values are kept; the spatial weight follows a given distance.
+    assert ContextualLoss(loss_type="l2", **kwargs).loss_type == "l2"
+    assert ContextualBilateralLoss(loss_type="cosine", **kwargs).weight_sp == WEIGHT_SP_BY_DISTANCE["cosine"]
+    assert ContextualBilateralLoss(0.7, **kwargs).weight_sp == 0.7
 
 
 def test_max_points_and_generator_reach_the_sampling():

@@ -203,11 +203,6 @@ def _relative_links(markdown: str) -> list[str]:
     return [t for t in targets if not t.startswith(("http://", "https://", "#", "mailto:"))]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="README.md still uses relative links and images, which break on a package index page "
-    "(the lead replaces them by absolute URLs to the repository; then remove this mark)",
-)
 def test_the_readme_links_work_on_a_package_index_page() -> None:
     # The package index shows README.md as the project description, outside the repository.
     assert _relative_links((REPO / "README.md").read_text()) == []

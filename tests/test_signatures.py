@@ -24,7 +24,11 @@ from contextual_loss.functional import (
     contextual_match,
     contextual_similarity,
 )
-from contextual_loss.options import DEFAULT_WEIGHT_SP, DEFAULTS, ContextualOptions
+from contextual_loss.options import AUTO, DEFAULT_WEIGHT_SP, DEFAULTS, FUNCTIONAL_COBI_BAND_WIDTH, ContextualOptions
+
+#: The modules' distance and CoBi's spatial weight follow the features unless given.
+MODULES = (ContextualLoss, ContextualBilateralLoss)
+MODULE_DEFAULTS = {"loss_type": AUTO, "weight_sp": None}
 
 OPTION_NAMES = {field.name for field in dataclasses.fields(ContextualOptions)}
 FEATURE_NAMES = set(inspect.signature(select_features).parameters)
@@ -32,27 +36,30 @@ FEATURE_NAMES = set(inspect.signature(select_features).parameters)
 #: Each API's parameters in order (today's drop-in signatures) and those that are not options.
 SIGNATURES = {
     contextual_similarity: (
-        "x y band_width loss_type eps center max_points generator engine memory_budget",
+        "x y band_width loss_type eps center max_points sample generator engine memory_budget",
         {"x", "y", "generator"},
     ),
     contextual_loss: (
-        "x y band_width loss_type eps center reduction max_points generator engine memory_budget",
+        "x y band_width loss_type eps center reduction max_points sample generator engine memory_budget",
         {"x", "y", "reduction", "generator"},
     ),
     contextual_bilateral_loss: (
-        "x y weight_sp band_width loss_type form eps center reduction max_points generator engine memory_budget",
+        "x y weight_sp band_width loss_type form eps center reduction max_points sample generator engine memory_budget",
         {"x", "y", "reduction", "generator"},
     ),
     contextual_match: ("x y band_width loss_type weight_sp form eps center engine memory_budget", {"x", "y"}),
-    explain_match: ("x y band_width loss_type weight_sp form eps center matrices", {"x", "y", "matrices"}),
+    explain_match: (
+        "x y band_width loss_type weight_sp form eps center max_points sample generator matrices",
+        {"x", "y", "generator", "matrices"},
+    ),
     ContextualLoss: (
         "band_width loss_type use_vgg vgg_layer layers features weights pooling input_range patch_size padding "
-        "eps center reduction max_points engine memory_budget",
+        "eps center reduction max_points sample engine memory_budget",
         FEATURE_NAMES | {"reduction"},
     ),
     ContextualBilateralLoss: (
         "weight_sp band_width loss_type use_vgg vgg_layer form layers features weights pooling input_range "
-        "patch_size padding eps center reduction max_points engine memory_budget",
+        "patch_size padding eps center reduction max_points sample engine memory_budget",
         FEATURE_NAMES | {"reduction"},
     ),
 }
@@ -81,6 +88,10 @@ def test_option_defaults_are_the_declared_ones(api) -> None:
     for name, parameter in _parameters(api).items():
         if name in OPTION_NAMES:
             expected = DEFAULT_WEIGHT_SP if bilateral and name == "weight_sp" else getattr(DEFAULTS, name)
+            if api is contextual_bilateral_loss and name == "band_width":
+                expected = FUNCTIONAL_COBI_BAND_WIDTH  # contextual_loss_pytorch's function: 1.0 (its modules: 0.5)
+            if api in MODULES and name in ("loss_type", "weight_sp"):
+                expected = MODULE_DEFAULTS[name]  # chosen by the features (feature_defaults)
             assert parameter.default == expected, (api.__name__, name)
 
 

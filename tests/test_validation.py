@@ -43,7 +43,8 @@ def test_bad_tensors(x, y, error, pattern):
         ({"band_width": float("nan")}, ValueError, r"band_width must be finite, got nan"),
         ({"band_width": "0.5"}, TypeError, r"band_width must be a real number, got str '0.5'"),
         ({"band_width": True}, TypeError, r"band_width must be a real number, got bool"),
-        ({"loss_type": "L1"}, ValueError, r"loss_type must be one of \('cosine', 'l1', 'l2'\), got 'L1'"),
+        # The modules also take "auto" (the distance follows the features).
+        ({"loss_type": "L1"}, ValueError, r"loss_type must be one of \('cosine', 'l1', 'l2'(, 'auto')?\), got 'L1'"),
         ({"center": "global"}, ValueError, r"center must be one of \('image', 'batch'\), got 'global'"),
         ({"eps": 0.0}, ValueError, r"eps must be > 0, got 0.0"),
         ({"max_points": 0}, ValueError, r"max_points must be >= 1, got 0"),
@@ -69,7 +70,6 @@ def test_bad_reduction():
     [
         ({"weight_sp": -0.1}, ValueError, r"weight_sp must be >= 0, got -0.1"),
         ({"weight_sp": 1.5, "form": "released"}, ValueError, r"weight_sp must lie in \[0, 1\], got 1.5"),
-        ({"weight_sp": None}, TypeError, r"weight_sp must be a real number, got NoneType"),
         ({"form": "tf"}, ValueError, r"form must be one of \('paper', 'released'\), got 'tf'"),
     ],
 )
@@ -78,6 +78,14 @@ def test_bad_bilateral_options(kwargs, error, pattern):
         contextual_bilateral_loss(X, X, **kwargs)
     with pytest.raises(error, match=pattern):
         ContextualBilateralLoss(**kwargs)
+
+
+def test_weight_sp_none_is_refused_by_the_function_and_follows_the_distance_in_the_module():
+    # The function would silently compute CX; the module picks the spatial weight of its distance.
+    with pytest.raises(TypeError, match=r"weight_sp must be a real number, got NoneType"):
+        contextual_bilateral_loss(X, X, weight_sp=None)
+    assert ContextualBilateralLoss(weight_sp=None).weight_sp == 0.1
+    assert ContextualBilateralLoss(weight_sp=None, loss_type="l1").weight_sp == 1.0
 
 
 def test_paper_form_accepts_weights_above_one():

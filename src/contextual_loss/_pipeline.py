@@ -30,9 +30,17 @@ from contextual_loss._validation import (
 )
 from contextual_loss.engine.types import EngineResult, SpatialTerm
 from contextual_loss.options import ContextualOptions, Reduction
-from contextual_loss.sampling import sample_sets
+from contextual_loss.sampling import sample_positions
 
-__all__ = ["PreparedSets", "evaluate", "full_precision", "per_image_loss", "prepare", "reduce_batch"]
+__all__ = [
+    "PreparedSets",
+    "evaluate",
+    "evaluate_prepared",
+    "full_precision",
+    "per_image_loss",
+    "prepare",
+    "reduce_batch",
+]
 
 
 @contextlib.contextmanager
@@ -71,12 +79,17 @@ class PreparedSets:
         y: (B, M, C) target set, likewise.
         spatial: CoBi's spatial term with the (N, 2) and (M, 2) positions of the kept vectors,
             or ``None`` for the plain contextual similarity.
+        index_x: (N,) row-major positions in the prediction map of the kept vectors, or ``None``
+            when every position is kept (no sampling).
+        index_y: (M,) the same for the target map.
 
     """
 
     x: Tensor
     y: Tensor
     spatial: SpatialTerm | None
+    index_x: Tensor | None = None
+    index_y: Tensor | None = None
 
 
 def prepare(
@@ -117,12 +130,30 @@ def prepare(
             maths.grid_positions(m.shape[2], m.shape[3], options.form, device=m.device, dtype=dtype) for m in (x, y)
         )
         shared = x.shape[-2:] == y.shape[-2:]  # the same positions for both maps, as the authors do
-        xs, ys, pos_x, pos_y = sample_sets(
-            xs, ys, pos_x, pos_y, max_points=options.max_points, shared=shared, generator=generator
+        idx_x, idx_y = sample_positions(
+            xs.shape[1],
+            ys.shape[1],
+            options.max_points,
+            shared=shared,
+            generator=generator,
+            device=xs.device,
+            sample=options.sample,
         )
+        if idx_x is not None:
+            xs, pos_x = xs[:, idx_x], pos_x[idx_x]
+        if idx_y is not None:
+            ys, pos_y = ys[:, idx_y], pos_y[idx_y]
         xs, ys = maths.prepare_features(xs, ys, options.loss_type, options.center)
     spatial = None if options.weight_sp is None else SpatialTerm(options.weight_sp, options.form, pos_x, pos_y)
-    return PreparedSets(xs, ys, spatial)
+    return PreparedSets(xs, ys, spatial, idx_x, idx_y)
+
+
+def evaluate_prepared(
+    sets: PreparedSets, options: ContextualOptions, *, progress: _engine.ProgressCallback | None = None
+) -> EngineResult:
+    """Evaluate prepared sets on the engine ``options.engine`` selects, in full precision."""
+    with full_precision(sets.x.device):
+        return _engine.evaluate(sets.x, sets.y, options, sets.spatial, progress=progress)
 
 
 def evaluate(
@@ -140,9 +171,7 @@ def evaluate(
         and the index of its match in the prediction (B, M).
 
     """
-    sets = prepare(x, y, options, generator=generator)
-    with full_precision(sets.x.device):
-        return _engine.evaluate(sets.x, sets.y, options, sets.spatial, progress=progress)
+    return evaluate_prepared(prepare(x, y, options, generator=generator), options, progress=progress)
 
 
 def per_image_loss(

@@ -34,8 +34,25 @@ from torch import Tensor, nn
 from contextual_loss._pipeline import per_image_loss, reduce_batch
 from contextual_loss._validation import check_choice, check_feature_pair, check_nonnegative_number
 from contextual_loss.features.compose import DEFAULT_VGG_LAYER, LayersArg, select_features
+from contextual_loss.features.patches import Padding
+from contextual_loss.features.vgg import Pooling
 from contextual_loss.features.weights import WeightsArg
-from contextual_loss.options import DEFAULT_WEIGHT_SP, DEFAULTS, ContextualOptions, Reduction, check_reduction
+from contextual_loss.options import (
+    AUTO,
+    DEFAULT_WEIGHT_SP,
+    DEFAULTS,
+    LOSS_TYPES,
+    Center,
+    CoBiForm,
+    ContextualOptions,
+    Distance,
+    EngineName,
+    FeatureKind,
+    Reduction,
+    Sample,
+    check_reduction,
+    feature_defaults,
+)
 
 __all__ = ["ContextualBilateralLoss", "ContextualLoss"]
 
@@ -81,28 +98,58 @@ class _ContextualModule(nn.Module):
     eps = _Option()
     center = _Option()
     max_points = _Option()
+    sample = _Option()
     engine = _Option()
     memory_budget = _Option()
 
     def __init__(self, arguments: Mapping[str, Any], *, bilateral: bool) -> None:
         super().__init__()
-        #: What is compared and how (validated); the attributes ``band_width``, ``loss_type``, ... read it.
-        self.options = ContextualOptions.from_arguments(arguments, bilateral=bilateral)
         self.reduction: Reduction = check_reduction(arguments["reduction"])
         self.features, weights_by_layer = select_features(**{name: arguments[name] for name in _FEATURE_ARGUMENTS})
         #: Layer name -> weight of its loss; ``None``: every map of ``features``, weight 1.
         self.layer_weights: dict[str, float] | None = weights_by_layer
+        #: ``"pixels"`` for patches of the image, ``"deep"`` otherwise: chooses the defaults of
+        #: ``loss_type="auto"`` and ``weight_sp=None`` (:func:`~contextual_loss.options.feature_defaults`).
+        only_patches = arguments["features"] is None and set(weights_by_layer or ()) == {"patches"}
+        self.feature_kind: FeatureKind = "pixels" if only_patches else "deep"
+        #: What is compared and how (validated); the attributes ``band_width``, ``loss_type``, ... read it.
+        self.options = ContextualOptions.from_arguments(self._resolve(arguments, bilateral), bilateral=bilateral)
+
+    def _resolve(self, arguments: Mapping[str, Any], bilateral: bool) -> dict[str, Any]:
+        """The arguments with ``loss_type="auto"`` and CoBi's ``weight_sp=None`` replaced by the features' defaults."""
+        given = arguments["loss_type"]
+        auto = isinstance(given, str) and given == AUTO
+        if not auto:
+            check_choice("loss_type", given, (*LOSS_TYPES, AUTO))
+        defaults = feature_defaults(self.feature_kind, None if auto else given)
+        resolved = {**arguments, "loss_type": defaults.loss_type}
+        if bilateral and arguments["weight_sp"] is None:
+            resolved["weight_sp"] = defaults.weight_sp
+        return resolved
 
     def forward(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-        """Loss between prediction ``x`` and target ``y`` images (B, C, H, W).
+        """Loss between prediction ``x`` and target ``y`` images.
 
         Args:
-            x: prediction.
-            y: target; its H, W may differ from the prediction's.
+            x: prediction images (B, C, H, W), floating point (RGB in ``input_range`` for VGG19).
+            y: target images (B, C, H', W'); H', W' may differ from the prediction's.
             generator: ``torch.Generator`` for the position sampling (``max_points``).
 
         Returns:
-            The weighted sum over layers of the per-image losses, reduced over the batch.
+            The weighted sum over layers of the per-image losses, reduced over the batch: a
+            scalar for ``reduction="mean"`` or ``"sum"``, the (B,) per-image losses for
+            ``reduction="none"``.
+
+        Raises:
+            TypeError, ValueError: the images are not two non-empty floating-point tensors of
+                shape (B, C, H, W) with the same B and C on one device, or their features fail
+                the checks of :func:`contextual_loss.functional.contextual_loss`.
+
+        Examples:
+            >>> import torch
+            >>> loss = ContextualLoss(patch_size=3, reduction="none")
+            >>> loss(torch.rand(4, 3, 8, 8), torch.rand(4, 3, 8, 8)).shape
+            torch.Size([4])
 
         """
         return self.combine_layers(self.layer_losses(x, y, generator=generator))
@@ -150,13 +197,24 @@ class _ContextualModule(nn.Module):
 class ContextualLoss(_ContextualModule):
     """Contextual Loss (Mechrez et al., ECCV 2018) on images, through a feature extractor.
 
+    ``loss(prediction, target)`` extracts the features of both images (B, 3, H, W) and returns the
+    weighted sum over the compared layers of :func:`contextual_loss.functional.contextual_loss`,
+    reduced over the batch. The distance follows the features unless given: cosine for VGG19
+    layers and your own extractor (the papers, contextual_loss_pytorch), ``l2`` for patches of the
+    image (``patch_size=n``: identical photos give loss 0 and the loss grows with misalignment,
+    where cosine cannot tell flat patches apart, and it runs on a matrix product; docs/definition.md,
+    section 6.4). Without any
+    features argument the image itself is compared with cosine, as contextual_loss_pytorch's
+    ``use_vgg=False`` does; ``patch_size=1`` compares pixels with the ``l2`` distance.
+
     Args:
         band_width: h > 0 (0.5 in the paper's animation experiments, 0.1 for style transfer).
-        loss_type: ``"cosine"``, ``"l1"`` or ``"l2"``; see :func:`contextual_loss.functional.contextual_loss`.
+        loss_type: ``"cosine"``, ``"l1"`` or ``"l2"``, or ``"auto"`` (default): chosen by the
+            features as above (:func:`contextual_loss.options.feature_defaults`). ``loss.loss_type``
+            reads the distance in use.
         use_vgg: contextual_loss_pytorch's switch: ``use_vgg=True, vgg_layer=name`` is
             ``layers={name: 1.0}``.
         vgg_layer: the VGG19 layer used when ``use_vgg`` is true.
-        eps, center, reduction, max_points, engine, memory_budget: as in the functional form.
         layers: the feature maps to compare and the weight of each loss, summed: a name, a list of
             names (weight 1 each) or a dict such as ``{"relu3_2": 1.0, "relu4_2": 1.0}``. Names are
             VGG19 layers (``conv{b}_{k}`` before the ReLU, ``relu{b}_{k}`` after it, ``pool{b}``),
@@ -168,39 +226,55 @@ class ContextualLoss(_ContextualModule):
             dict, or ``None`` (random); see :mod:`contextual_loss.features.weights`.
         pooling: VGG19 pooling, ``"max"`` (torchvision) or ``"avg"`` (the papers' VGG).
         input_range: the (low, high) range of the images given to VGG19, (0, 1) by default.
-        patch_size: also compare the n x n patches of the image (layer ``"patches"``).
+        patch_size: compare the n x n patches of the image (layer ``"patches"``).
         padding: patch padding, ``"reflect"``, ``"zero"`` or ``"none"``.
+        eps, center, reduction, max_points, sample, engine, memory_budget: as in
+            :func:`contextual_loss.functional.contextual_loss`.
 
-    Without VGG layers, ``features`` or ``patch_size``, the image itself is the feature map.
+    Shapes:
+        ``forward(x, y)`` takes images (B, C, H, W) and (B, C, H', W') (C = 3 for VGG19) and
+        returns a scalar for ``reduction="mean"``/``"sum"``, the (B,) per-image losses for
+        ``"none"``.
+
+    Raises:
+        TypeError, ValueError: an invalid option (as the functional form), an unknown layer name,
+            options that contradict each other (e.g. ``weights`` without any VGG19 layer).
+        contextual_loss.features.WeightsNotFoundError: ``weights="imagenet"`` is neither cached
+            nor downloadable (the message says what to do).
 
     Examples:
         >>> import torch
-        >>> loss = ContextualLoss(layers={"relu1_2": 1.0, "relu2_2": 0.5}, weights=None)
+        >>> loss = ContextualLoss(patch_size=5)  # RGB patches: the l2 distance
+        >>> loss.loss_type
+        'l2'
         >>> pred, target = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
-        >>> loss(pred, target).shape
-        torch.Size([])
+        >>> loss(pred, target).shape, float(loss(target, target))
+        (torch.Size([]), 0.0)
+        >>> ContextualLoss(layers={"relu1_2": 1.0, "relu2_2": 0.5}, weights=None).loss_type  # VGG19: cosine
+        'cosine'
 
     """
 
     def __init__(
         self,
         band_width: float = DEFAULTS.band_width,
-        loss_type: str = DEFAULTS.loss_type,
+        loss_type: Distance | Literal["auto"] = AUTO,
         use_vgg: bool = False,
         vgg_layer: str = DEFAULT_VGG_LAYER,
         *,
         layers: LayersArg = None,
         features: nn.Module | None = None,
         weights: WeightsArg = "imagenet",
-        pooling: str = "max",
+        pooling: Pooling = "max",
         input_range: tuple[float, float] = (0.0, 1.0),
         patch_size: int | None = None,
-        padding: str = "reflect",
+        padding: Padding = "reflect",
         eps: float = DEFAULTS.eps,
-        center: str = DEFAULTS.center,
-        reduction: str = "mean",
+        center: Center = DEFAULTS.center,
+        reduction: Reduction = "mean",
         max_points: int | None = DEFAULTS.max_points,
-        engine: str = DEFAULTS.engine,
+        sample: Sample = DEFAULTS.sample,
+        engine: EngineName = DEFAULTS.engine,
         memory_budget: int | None = DEFAULTS.memory_budget,
     ) -> None:
         super().__init__(locals(), bilateral=False)
@@ -245,20 +319,39 @@ class ContextualLoss(_ContextualModule):
 class ContextualBilateralLoss(_ContextualModule):
     """Contextual Bilateral loss, CoBi (Zhang et al., CVPR 2019), through a feature extractor.
 
+    The features' CoBi (:func:`contextual_loss.functional.contextual_bilateral_loss`), summed over
+    the compared layers with their weights. The distance follows the features as in
+    :class:`ContextualLoss`, and the spatial weight follows the distance
+    (:data:`contextual_loss.options.WEIGHT_SP_BY_DISTANCE`: 0.1 for cosine, 1.0 for ``l1`` and ``l2``).
+
     Args:
-        weight_sp: w_s, the weight of the spatial term (>= 0; in [0, 1] for ``form="released"``).
-        band_width, loss_type, use_vgg, vgg_layer, eps, center, reduction, max_points, engine,
-            memory_budget: as in :class:`ContextualLoss`.
+        weight_sp: w_s, the weight of the spatial term (>= 0; in [0, 1] for ``form="released"``),
+            or ``None`` (default): the value for the distance in use.
+        band_width, loss_type, use_vgg, vgg_layer: as in :class:`ContextualLoss`.
         form: ``"paper"`` (default) or ``"released"``; see
             :func:`contextual_loss.functional.contextual_bilateral_loss`.
         layers, features, weights, pooling, input_range, patch_size, padding: the features, as in
             :class:`ContextualLoss`.
+        eps, center, reduction, max_points, sample, engine, memory_budget: as in
+            :func:`contextual_loss.functional.contextual_loss`.
+
+    Shapes:
+        As :class:`ContextualLoss`: a scalar, or (B,) for ``reduction="none"``.
+
+    Raises:
+        TypeError, ValueError, contextual_loss.features.WeightsNotFoundError: as
+            :class:`ContextualLoss`; also ``weight_sp`` < 0 (> 1 for ``form="released"``).
 
     Examples:
         >>> import torch
-        >>> loss = ContextualBilateralLoss(patch_size=5, layers={"patches": 1.0, "relu1_2": 1.0}, weights=None)
+        >>> loss = ContextualBilateralLoss(patch_size=5)
+        >>> loss.loss_type, loss.weight_sp
+        ('l2', 1.0)
         >>> loss(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)).shape
         torch.Size([])
+        >>> both = ContextualBilateralLoss(patch_size=5, layers={"patches": 1.0, "relu1_2": 1.0}, weights=None)
+        >>> both.loss_type, both.weight_sp  # VGG19 layers: cosine, as the paper
+        ('cosine', 0.1)
 
     """
 
@@ -267,25 +360,26 @@ class ContextualBilateralLoss(_ContextualModule):
 
     def __init__(
         self,
-        weight_sp: float = DEFAULT_WEIGHT_SP,
+        weight_sp: float | None = None,
         band_width: float = DEFAULTS.band_width,
-        loss_type: str = DEFAULTS.loss_type,
+        loss_type: Distance | Literal["auto"] = AUTO,
         use_vgg: bool = False,
         vgg_layer: str = DEFAULT_VGG_LAYER,
         *,
-        form: str = DEFAULTS.form,
+        form: CoBiForm = DEFAULTS.form,
         layers: LayersArg = None,
         features: nn.Module | None = None,
         weights: WeightsArg = "imagenet",
-        pooling: str = "max",
+        pooling: Pooling = "max",
         input_range: tuple[float, float] = (0.0, 1.0),
         patch_size: int | None = None,
-        padding: str = "reflect",
+        padding: Padding = "reflect",
         eps: float = DEFAULTS.eps,
-        center: str = DEFAULTS.center,
-        reduction: str = "mean",
+        center: Center = DEFAULTS.center,
+        reduction: Reduction = "mean",
         max_points: int | None = DEFAULTS.max_points,
-        engine: str = DEFAULTS.engine,
+        sample: Sample = DEFAULTS.sample,
+        engine: EngineName = DEFAULTS.engine,
         memory_budget: int | None = DEFAULTS.memory_budget,
     ) -> None:
         super().__init__(locals(), bilateral=True)

@@ -49,6 +49,11 @@ def require_matplotlib() -> Any:
     Raises:
         MissingExtraError: matplotlib is not installed.
 
+    Examples:
+        >>> Figure = require_matplotlib()
+        >>> Figure.__name__
+        'Figure'
+
     """
     try:
         from matplotlib.figure import Figure
@@ -61,7 +66,24 @@ def require_matplotlib() -> Any:
 
 
 def save_figure(figure: Figure, path: str | os.PathLike, *, dpi: int = 100) -> Path:
-    """Write ``figure`` to ``path`` (PNG by its ending), creating the folder; returns the path."""
+    """Write ``figure`` to ``path`` (the format by its ending), creating the folder.
+
+    Args:
+        figure: a matplotlib ``Figure``, e.g. from :func:`plot_explanation`.
+        path: the file to write (``.png``, ``.pdf``, ``.svg``, ...); an existing file is overwritten.
+        dpi: resolution of raster formats.
+
+    Returns:
+        The path written.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> figure = require_matplotlib()(figsize=(2, 2))
+        >>> save_figure(figure, Path(tempfile.mkdtemp()) / "figs" / "empty.png").name
+        'empty.png'
+
+    """
     file = Path(path)
     file.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(file, dpi=dpi, bbox_inches="tight")
@@ -74,8 +96,18 @@ def displacement_to_rgb(displacement: Tensor | np.ndarray, max_magnitude: float 
     Zero displacement is white; a displacement of ``max_magnitude`` (default: the largest in
     the field) is fully saturated. Right is red, down is yellow-green, left cyan, up violet.
 
+    Args:
+        displacement: (H, W, 2) displacements, (row, col) in cells.
+        max_magnitude: the length drawn fully saturated; longer ones are clipped.
+
     Returns:
         (H, W, 3) float array in [0, 1].
+
+    Examples:
+        >>> import numpy as np
+        >>> field = np.array([[[0.0, 0.0], [0.0, 1.0]]])  # no move, one cell to the right
+        >>> displacement_to_rgb(field).round(2).tolist()
+        [[[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]]
 
     """
     field = np.asarray(displacement, dtype=np.float64)
@@ -111,7 +143,21 @@ def _image_array(image: Tensor) -> np.ndarray:
 
 
 def draw_image(ax: Axes, image: Tensor, title: str) -> None:
-    """Show a (1, C, H, W) or (C, H, W) image with values in [0, 1] on ``ax``, without ticks."""
+    """Show a (1, C, H, W) or (C, H, W) image with values in [0, 1] on ``ax``, without ticks.
+
+    Args:
+        ax: a matplotlib ``Axes``.
+        image: the image (C = 1 is drawn grey, C = 3 as RGB).
+        title: the axes' title.
+
+    Examples:
+        >>> import torch
+        >>> ax = require_matplotlib()().add_subplot()
+        >>> draw_image(ax, torch.rand(3, 8, 8), "noise")
+        >>> ax.get_title()
+        'noise'
+
+    """
     array = _image_array(image)
     ax.imshow(array, cmap="gray" if array.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title, fontsize=9)
@@ -130,15 +176,64 @@ def _colour_wheel(ax: Axes) -> None:
     ax.set_axis_off()
 
 
+def _fill_gaps(values: np.ndarray, known: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Spread each known cell's value over the unknown cells within ``radius`` (nearest first).
+
+    With sampled positions only some cells of a map are known; spreading them into small blocks
+    keeps them visible at any figure size.
+    """
+    values, known = values.copy(), known.copy()
+    offsets = sorted(
+        ((dr, dc) for dr in range(-radius, radius + 1) for dc in range(-radius, radius + 1) if dr or dc),
+        key=lambda o: o[0] ** 2 + o[1] ** 2,
+    )
+    source, source_known = values.copy(), known.copy()
+    height, width = known.shape
+    for dr, dc in offsets:
+        rows_to = slice(max(dr, 0), height + min(dr, 0))
+        cols_to = slice(max(dc, 0), width + min(dc, 0))
+        rows_from = slice(max(-dr, 0), height + min(-dr, 0))
+        cols_from = slice(max(-dc, 0), width + min(-dc, 0))
+        take = source_known[rows_from, cols_from] & ~known[rows_to, cols_to]
+        values[rows_to, cols_to][take] = source[rows_from, cols_from][take]
+        known[rows_to, cols_to] |= take
+    return values, known
+
+
+def _compared(explanation: MatchExplanation) -> tuple[np.ndarray, int]:
+    """The compared target cells (H', W') and the radius that makes sampled cells visible."""
+    if explanation.sampled is None:
+        return np.ones(explanation.target_shape, dtype=bool), 0
+    mask = explanation.sampled.numpy()
+    spacing = math.sqrt(mask.size / max(int(mask.sum()), 1))
+    return mask, int(spacing // 2)
+
+
+def _arrow_cells(known: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """One compared cell per step x step block of the map: where the arrows start."""
+    rows, cols = np.nonzero(known)
+    blocks = (rows // step) * (known.shape[1] // step + 1) + cols // step
+    _, first = np.unique(blocks, return_index=True)
+    return rows[first], cols[first]
+
+
 def _draw_displacement(ax: Axes, explanation: MatchExplanation, max_arrows: int) -> None:
     field = explanation.displacement.numpy()
+    known, radius = _compared(explanation)
     magnitude = np.hypot(field[..., 0], field[..., 1])
     # Saturate at the typical displacement, so a few far-off matches do not wash out the rest.
-    scale = max(float(np.percentile(magnitude, 90)), 1.0)
-    ax.imshow(displacement_to_rgb(field, max_magnitude=scale), interpolation="nearest")
+    scale = max(float(np.percentile(magnitude[known], 90)), 1.0)
+    colours = displacement_to_rgb(np.nan_to_num(field), max_magnitude=scale)
+    colours[~known] = 0.85  # cells not compared (sampled positions): grey
+    if radius:
+        colours, _ = _fill_gaps(colours, known, radius)
+    ax.imshow(colours, interpolation="nearest")
     height, width = field.shape[:2]
     step = max(1, math.ceil(max(height, width) / max_arrows))
-    rows, cols = np.mgrid[step // 2 : height : step, step // 2 : width : step]
+    if explanation.sampled is None:
+        rows, cols = np.mgrid[step // 2 : height : step, step // 2 : width : step]
+    else:
+        rows, cols = _arrow_cells(known, step)
     # Arrows start at the target cell and end at the cell of its match in the prediction; matches far
     # beyond the typical displacement (e.g. content that entered at a border) are drawn faint.
     far = magnitude[rows, cols] > 3.0 * scale
@@ -162,8 +257,11 @@ def _draw_displacement(ax: Axes, explanation: MatchExplanation, max_arrows: int)
     ax.set_ylim(height - 0.5, -0.5)
     ax.set_xticks([])
     ax.set_yticks([])
-    median = float(np.median(magnitude))
-    ax.set_title(f"displacement to each target cell's match\n(median {median:.1f} cells; faint: far off)", fontsize=9)
+    median = float(np.median(magnitude[known]))
+    where = "" if explanation.sampled is None else f"; {int(known.sum())} sampled cells"
+    ax.set_title(
+        f"displacement to each target cell's match\n(median {median:.1f} cells; faint: far off{where})", fontsize=9
+    )
     inset = ax.inset_axes((1.02, 0.0, 0.18, 0.18))
     _colour_wheel(inset)
 
@@ -236,6 +334,17 @@ def plot_explanation(
     Returns:
         A matplotlib ``Figure`` (Agg canvas); save it with :func:`save_figure`.
 
+    Raises:
+        MissingExtraError: matplotlib is not installed.
+
+    Examples:
+        >>> import torch
+        >>> from contextual_loss.explain import explain_match
+        >>> x = torch.rand(1, 3, 6, 6)
+        >>> figure = plot_explanation(explain_match(x, x.roll(1, -1), loss_type="l1"), x, x.roll(1, -1))
+        >>> len(figure.axes) > 4
+        True
+
     """
     Figure = require_matplotlib()
     images = [(img, name) for img, name in ((prediction, "prediction"), (target, "target")) if img is not None]
@@ -255,9 +364,14 @@ def plot_explanation(
 
 
 def _draw_similarity(figure: Figure, ax: Axes, explanation: MatchExplanation) -> None:
-    """The per-target best similarity, targets whose match is shared hatched."""
-    similarity = ax.imshow(explanation.similarity.numpy(), cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest")
-    shared = ~explanation.unique.numpy()
+    """The per-target best similarity, targets whose match is shared hatched (cells not compared: blank)."""
+    values, shared = explanation.similarity.numpy(), ~explanation.unique.numpy()
+    known, radius = _compared(explanation)
+    shared &= known
+    if radius:
+        values, _ = _fill_gaps(values, known, radius)
+        shared, _ = _fill_gaps(shared, known, radius)
+    similarity = ax.imshow(values, cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest")
     if shared.any():
         ax.contourf(shared.astype(float), levels=[0.5, 1.5], colors="none", hatches=["///"])
     ax.set_title("best similarity max_i CX_ij\n(hatched: match not one-to-one)", fontsize=9)

@@ -7,11 +7,11 @@ import argparse
 import pytest
 
 from contextual_loss.cli import build_parser
-from contextual_loss.cli.options import build_features
+from contextual_loss.cli.options import build_features, resolve_loss_defaults
 from contextual_loss.features import IdentityFeatures, PatchFeatures
 from contextual_loss.features.patches import PADDINGS
 from contextual_loss.features.vgg import POOLINGS
-from contextual_loss.options import COBI_FORMS, DEFAULT_WEIGHT_SP, DEFAULTS, LOSS_TYPES
+from contextual_loss.options import COBI_FORMS, DEFAULTS, LOSS_TYPES, WEIGHT_SP_BY_DISTANCE, feature_defaults
 
 
 def _actions(command: str) -> dict[str, argparse.Action]:
@@ -28,9 +28,26 @@ def test_choices_and_defaults_are_the_librarys(command: str) -> None:
     assert tuple(actions["padding"].choices) == PADDINGS
     assert tuple(actions["vgg_pooling"].choices) == POOLINGS
     assert actions["band_width"].default == DEFAULTS.band_width
-    assert actions["loss_type"].default == DEFAULTS.loss_type
     assert actions["cobi_form"].default == DEFAULTS.form
-    assert actions["weight_sp"].default == DEFAULT_WEIGHT_SP
+    # Left out, the distance and CoBi's spatial weight follow the features (resolve_loss_defaults).
+    assert actions["loss_type"].default is None and actions["weight_sp"].default is None
+    for distance, weight in WEIGHT_SP_BY_DISTANCE.items():
+        assert f"{weight:g} for {distance}" in actions["weight_sp"].help
+
+
+@pytest.mark.parametrize(
+    ("argv", "kind"),
+    [([], "pixels"), (["--pixels"], "pixels"), (["--vgg-layers", "relu1_1", "--weights", "random"], "deep")],
+)
+def test_left_out_loss_options_follow_the_features(argv: list[str], kind: str) -> None:
+    args = build_parser().parse_args(["compare", "a.png", "b.png", *argv])
+    spec = build_features(args)
+    assert spec.kind == kind
+    assert resolve_loss_defaults(args, spec) == ["loss_type", "weight_sp"]
+    assert (args.loss_type, args.weight_sp) == (feature_defaults(kind).loss_type, feature_defaults(kind).weight_sp)
+    given = build_parser().parse_args(["compare", "a.png", "b.png", *argv, "--loss-type", "l2"])
+    assert resolve_loss_defaults(given, spec) == ["weight_sp"]
+    assert (given.loss_type, given.weight_sp) == ("l2", WEIGHT_SP_BY_DISTANCE["l2"])
 
 
 def _features(*argv: str):

@@ -41,7 +41,7 @@ def test_two_layers_with_weights_from_a_file(run_cli, images, weights_file, offl
         fx, fy = module.features(load_image(images.shifted)), module.features(load_image(images.reference))
     for name in ("conv1_2", "relu2_2"):
         assert data["layers"][name]["cx"] == pytest.approx(float(contextual_similarity(fx[name], fy[name])), rel=1e-5)
-        cobi = contextual_bilateral_loss(fx[name], fy[name], 0.1)
+        cobi = contextual_bilateral_loss(fx[name], fy[name], 0.1, 0.5)  # the modules' band width
         assert data["layers"][name]["cobi_loss"] == pytest.approx(float(cobi), rel=1e-5)
     layers = data["layers"]
     assert data["cx_loss"] == pytest.approx(layers["conv1_2"]["cx_loss"] + 0.5 * layers["relu2_2"]["cx_loss"])
@@ -87,5 +87,22 @@ def test_explain_one_vgg_layer(run_cli, images, weights_file, offline_hub, tmp_p
     summary = json.loads(result.out)
     assert summary["layer"] == "conv2_2" and summary["map_size"] == [12, 12]  # one pooling: half the image
     assert out.stat().st_size > 1000
-    bad = run_cli(*argv, "--vgg-layers", "conv1_2", "--weights", str(weights_file), "--layer", "conv2_2")
+    bad = run_cli(*argv, "--vgg-layers", "conv1_2", "--weights", str(weights_file), "--layer", "conv2_2", "--force")
     assert bad.code == 2 and "--layer 'conv2_2' is not among" in bad.err
+
+
+def test_explain_agrees_with_compare_on_every_layer_with_sampling(run_cli, images, weights_file, tmp_path) -> None:
+    # compare draws the sampled positions of the layers in turn from one generator; explain --layer
+    # must compare the same positions of its layer (here conv1_2: 576 > 200 positions are sampled).
+    common = [str(images.shifted), str(images.reference), "--vgg-layers", "conv1_2,conv2_2"]
+    common += ["--weights", str(weights_file), "--max-points", "100", "--seed", "5"]
+    compared = json.loads(run_cli("compare", *common, "--json").out)["layers"]
+    for layer in ("conv1_2", "conv2_2"):
+        for cobi in ([], ["--cobi"]):
+            out = tmp_path / f"{layer}{len(cobi)}.png"
+            result = run_cli("explain", *common, "--layer", layer, "--out", str(out), "--json", *cobi)
+            assert result.code == 0, result.err
+            summary = json.loads(result.out)
+            assert summary["positions"] == compared[layer]["positions"]["target"] == 100
+            expected = compared[layer]["cobi_loss"] if cobi else compared[layer]["cx_loss"]
+            assert summary["loss_value"] == pytest.approx(expected, rel=1e-5, abs=1e-7)

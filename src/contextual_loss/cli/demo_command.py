@@ -17,7 +17,9 @@ import argparse
 import time
 from pathlib import Path
 
-from contextual_loss.demo.misalignment import MisalignmentStudy, misalignment_study
+from contextual_loss.cli import COMMANDS
+from contextual_loss.cli.parser import CommandError, check_output_folder, note
+from contextual_loss.demo.misalignment import MisalignmentStudy, copy_labels, misalignment_study
 from contextual_loss.demo.seed_example import SEED_BAND_WIDTH, SEED_CX, SEED_X, SEED_Y, seed_images, seed_permutations
 
 __all__ = ["register", "run"]
@@ -62,23 +64,52 @@ def _print_misalignment(study: MisalignmentStudy) -> None:
     print(f"   -> up to 4 px the CX loss stays at most {100 * worst_cx:.1f}% of its unrelated value; L1 is {l1_text}")
 
 
+#: The figures the demo draws (with matplotlib), in the output folder.
+FIGURES = ("seed_example.png", "misalignment.png", "texture_match.png")
+
+
+def _image_files() -> dict[str, str]:
+    """Copy label -> file name of the images the demo writes (the reference is ``texture.png``)."""
+    names = {"shift 0 px": "texture.png"}  # the reference itself
+    for label in copy_labels(SHIFTS, ANGLE):
+        names.setdefault(label, f"texture_{label.replace(' ', '_').replace('°', 'deg')}.png")
+    return names
+
+
+def _check_outputs(out: Path, figures: bool, force: bool) -> None:
+    """Refuse to overwrite files of an earlier run unless ``--force``; the folder must be creatable.
+
+    Runs before any work, so that a wrong ``--out`` is reported at once and alone.
+    """
+    check_output_folder("--out", out)
+    planned = [*_image_files().values(), *(FIGURES if figures else ())]
+    existing = [name for name in planned if (out / name).exists()]
+    if existing and not force:
+        shown = ", ".join(existing[:3]) + (", ..." if len(existing) > 3 else "")
+        raise CommandError(
+            f"--out {out} already holds {shown} (from an earlier run?); add --force to overwrite them, "
+            "or choose another --out"
+        )
+
+
 def _write_outputs(study: MisalignmentStudy, out: Path, figures: bool) -> list[Path]:
     """The images of the study and, with matplotlib, the figures."""
     from contextual_loss.io import save_image
 
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CommandError(f"--out: cannot create the folder {out} ({error.strerror or error})") from error
     written = [save_image(study.reference, out / "texture.png")]
-    for label, image in study.copies.items():
-        if label == "shift 0 px":  # the reference itself
-            continue
-        name = label.replace(" ", "_").replace("°", "deg")
-        written.append(save_image(image, out / f"texture_{name}.png"))
+    for label, name in _image_files().items():
+        if label != "shift 0 px":
+            written.append(save_image(study.copies[label], out / name))
     if not figures:
         return written
     try:
         written += _figures(study, out)
     except ImportError as error:  # the viz extra is missing: the tables above still stand
-        print(f"   (figures skipped: {error})")
+        note(f"figures skipped: {error}")
     return written
 
 
@@ -107,12 +138,13 @@ def _figures(study: MisalignmentStudy, out: Path) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     """Print the seed example and the misalignment table, write the figures; 0 on success."""
     start = time.perf_counter()
+    out = Path(args.out).expanduser()
+    _check_outputs(out, figures=not args.no_figures, force=args.force)
     seed_ok = _print_seed()
     study = misalignment_study(
         size=FAST_SIZE if args.fast else SIZE, patch_size=PATCH_SIZE, shifts=SHIFTS, angle=ANGLE, band_width=BAND_WIDTH
     )
     _print_misalignment(study)
-    out = Path(args.out)
     print("\n3. Outputs")
     written = _write_outputs(study, out, figures=not args.no_figures)
     for file in written:
@@ -130,7 +162,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``demo`` sub-command."""
     parser = subparsers.add_parser(
         "demo",
-        help="run the built-in demonstration (no downloads, under a minute)",
+        help=COMMANDS["demo"],
         description="Reproduce the definition's seed example and the misalignment experiment on built-in "
         "data, print the tables and write figures and images to an output folder.",
     )
@@ -143,5 +175,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--fast", action="store_true", help=f"a {FAST_SIZE}x{FAST_SIZE} texture instead of {SIZE}x{SIZE}"
     )
+    parser.add_argument("--force", action="store_true", help="overwrite the files of an earlier run in --out")
     parser.add_argument("--no-figures", action="store_true", help="write the images but draw no figures")
     parser.set_defaults(func=run)

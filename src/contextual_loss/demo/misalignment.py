@@ -25,7 +25,15 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from matplotlib.gridspec import GridSpec
 
-__all__ = ["CX_CLAIM", "L1_CLAIM", "MisalignmentRow", "MisalignmentStudy", "misalignment_study", "plot_misalignment"]
+__all__ = [
+    "CX_CLAIM",
+    "L1_CLAIM",
+    "MisalignmentRow",
+    "MisalignmentStudy",
+    "copy_labels",
+    "misalignment_study",
+    "plot_misalignment",
+]
 
 #: The claim's bound for CX: below this fraction of its unrelated value up to a 4 px shift.
 CX_CLAIM = 0.10
@@ -110,6 +118,24 @@ def _row(
     )
 
 
+def copy_labels(shifts: Sequence[int], angle: float) -> list[str]:
+    """The labels of the copies :func:`misalignment_study` makes, in its order (known before it runs).
+
+    Args:
+        shifts: horizontal shifts in pixels.
+        angle: rotation in degrees (0: no rotated copy).
+
+    Returns:
+        ``"shift {s} px"`` per shift, ``"rotation {angle}°"`` if ``angle``, then ``"unrelated"``.
+
+    Examples:
+        >>> copy_labels((0, 2), 5.0)
+        ['shift 0 px', 'shift 2 px', 'rotation 5°', 'unrelated']
+
+    """
+    return [f"shift {s} px" for s in shifts] + ([f"rotation {angle:g}°"] if angle else []) + ["unrelated"]
+
+
 def misalignment_study(
     *,
     size: int = 64,
@@ -151,10 +177,9 @@ def misalignment_study(
         return image[..., margin : margin + size, margin + dx : margin + dx + size]
 
     reference = crop(canvas)
-    copies = {f"shift {s} px": crop(canvas, s) for s in shifts}
-    if angle:
-        copies[f"rotation {angle:g}°"] = crop(rotate(canvas, angle))
-    copies["unrelated"] = crop(texture(size + 2 * margin, size + 2 * margin, seed=seed + 1))
+    images = [crop(canvas, s) for s in shifts] + ([crop(rotate(canvas, angle))] if angle else [])
+    images.append(crop(texture(size + 2 * margin, size + 2 * margin, seed=seed + 1)))
+    copies = dict(zip(copy_labels(shifts, angle), images, strict=True))
     losses = {label: _losses(reference, image, patch_size, band_width, weight_sp) for label, image in copies.items()}
     rows = [_row(label, values, losses["unrelated"], angle) for label, values in losses.items()]
     return MisalignmentStudy(rows, size, patch_size, float(band_width), weight_sp, reference, copies)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +41,7 @@ from contextual_loss.features.weights import (
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "VGG19_LAYERS", "VGG19Features", "parse_vgg19_layers"]
 
 Pooling = Literal["max", "avg"]
-POOLINGS = ("max", "avg")
+POOLINGS: tuple[str, ...] = get_args(Pooling)
 
 #: torchvision's normalisation for its ImageNet weights (inputs in [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -77,9 +77,19 @@ VGG19_LAYERS: dict[str, int] = _layer_table(_VGG19_CONFIG)
 def parse_vgg19_layers(layers: str | Sequence[str]) -> tuple[str, ...]:
     """Check VGG19 layer names and return them as a tuple without duplicates, in the given order.
 
+    Args:
+        layers: one name or a sequence of names (see :data:`VGG19_LAYERS`).
+
+    Returns:
+        The names, each once, in the order given.
+
     Raises:
         TypeError: ``layers`` is not a string or a sequence of strings.
         ValueError: an unknown name, or an empty sequence.
+
+    Examples:
+        >>> parse_vgg19_layers(["relu3_2", "conv4_2", "relu3_2"])
+        ('relu3_2', 'conv4_2')
 
     """
     names = (layers,) if isinstance(layers, str) else layers
@@ -124,9 +134,27 @@ def _config_prefix(last: int) -> list[int | str]:
     return prefix
 
 
+def _torchvision_make_layers() -> Any:
+    """The VGG builder of torchvision, imported here: the losses alone never need torchvision.
+
+    Raises:
+        ImportError: torchvision is missing or cannot be imported (a torchvision built for another
+            torch fails with errors such as ``operator torchvision::nms does not exist``).
+
+    """
+    try:
+        from torchvision.models.vgg import make_layers
+    except Exception as error:  # ImportError, or the RuntimeError of a torchvision that does not match torch
+        raise ImportError(
+            f"VGG19 features need torchvision, which cannot be imported ({type(error).__name__}: {error}); "
+            f"install the torchvision release that matches torch {torch.__version__.split('+')[0]}"
+        ) from error
+    return make_layers
+
+
 def _build_body(last: int, pooling: str) -> nn.Sequential:
     """Build torchvision's VGG19 ``features`` up to index ``last``, on the meta device (no memory yet)."""
-    from torchvision.models.vgg import make_layers  # imported here: the losses alone never need torchvision
+    make_layers = _torchvision_make_layers()
 
     # Only the needed prefix, and without initialising it: weights are either loaded or drawn later.
     with torch.device("meta"):
@@ -185,7 +213,7 @@ def _random_init(body: nn.Sequential) -> None:
     """The initialisation of ``torchvision.models.vgg19(weights=None)``, on the CPU."""
     body.to_empty(device="cpu")
     for layer in body:
-        if isinstance(layer, nn.Conv2d):
+        if isinstance(layer, nn.Conv2d) and layer.bias is not None:  # VGG19's convolutions all have a bias
             nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(layer.bias)
 
