@@ -21,7 +21,13 @@ from torch import Tensor
 
 from contextual_loss import engine as _engine
 from contextual_loss import maths
-from contextual_loss._validation import check_feature_pair, check_finite_values, check_generator
+from contextual_loss._validation import (
+    check_feature_pair,
+    check_finite_values,
+    check_generator,
+    check_supported_range,
+    larger_magnitude,
+)
 from contextual_loss.engine.types import EngineResult, SpatialTerm
 from contextual_loss.options import ContextualOptions, Reduction
 from contextual_loss.sampling import sample_positions
@@ -114,15 +120,20 @@ def prepare(
         dtype: the dtype to compute in; by default float32, or float64 if an input is float64.
 
     Raises:
-        TypeError, ValueError: the maps are not comparable, hold NaN or infinity, or
-            ``generator`` is not a ``torch.Generator``.
+        TypeError, ValueError: the maps are not comparable, hold NaN or infinity, lie outside the
+            range the compute dtype supports with these options
+            (:func:`~contextual_loss._validation.check_supported_range`), or ``generator`` is not
+            a ``torch.Generator``.
 
     """
     check_feature_pair(x, y)
     check_generator(generator)
-    check_finite_values("x", x)
-    check_finite_values("y", y)
+    magnitude = larger_magnitude(check_finite_values("x", x), check_finite_values("y", y))
     dtype = compute_dtype(x, y) if dtype is None else dtype
+    check_supported_range(
+        band_width=options.band_width, eps=options.eps, loss_type=options.loss_type, dtype=dtype, channels=x.shape[1],
+        magnitude=magnitude, spatial_weight=(options.weight_sp or 0.0) if options.form == "paper" else 0.0,
+    )  # fmt: skip
     with full_precision(x.device):
         xs, ys = flatten(x.to(dtype)), flatten(y.to(dtype))
         pos_x, pos_y = (

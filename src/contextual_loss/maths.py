@@ -59,26 +59,34 @@ CoBiForm = Literal["paper", "released"]
 ZERO_NORM_RELATIVE = 64.0
 
 
-def zero_norm_tolerance(x: Tensor, y: Tensor) -> Tensor:
+def zero_norm_tolerance(x: Tensor, y: Tensor, precision: torch.dtype | None = None) -> Tensor:
     """Per-image norm below which a centred vector is treated as the zero vector.
 
     Centring a constant image leaves rounding noise of about ``finfo.eps`` times the feature
     scale; normalising that noise would produce an arbitrary direction and gradients of order
-    ``1 / noise``. The tolerance is ``64 * finfo(dtype).eps`` times the largest raw feature norm
-    of the image pair, so it scales with the features (cosine distance stays scale-invariant).
+    ``1 / noise``. The tolerance is ``64 * finfo(precision).eps`` times the largest raw feature
+    norm of the image pair, so it scales with the features (cosine distance stays scale-invariant).
 
     Args:
         x: prediction set (B, N, C).
         y: target set (B, M, C).
+        precision: the dtype whose ``eps`` sets the tolerance (default: that of ``x``);
+            :func:`prepare_features` centres in float64 and passes float64 for every input dtype.
 
     Returns:
         A detached (B, 1, 1) tensor.
 
     """
+    precision = x.dtype if precision is None else precision
     with torch.no_grad():
         scale = torch.maximum(x.norm(dim=-1).amax(dim=-1), y.norm(dim=-1).amax(dim=-1))
-        tiny = torch.finfo(x.dtype).tiny
-        return (ZERO_NORM_RELATIVE * torch.finfo(x.dtype).eps * scale).clamp_min(tiny).view(-1, 1, 1)
+        tiny = torch.finfo(precision).tiny
+        return (ZERO_NORM_RELATIVE * torch.finfo(precision).eps * scale).clamp_min(tiny).view(-1, 1, 1)
+
+
+def _power_of_two_below(peak: Tensor) -> Tensor:
+    """2^-e with peak = f 2^e, f in [1/2, 1) (1 where peak is 0): scaling by it is exact."""
+    return torch.ldexp(torch.ones_like(peak), -torch.frexp(peak).exponent)
 
 
 def _normalize(v: Tensor, tol: Tensor) -> Tensor:
@@ -108,9 +116,29 @@ def prepare_features(x: Tensor, y: Tensor, loss_type: Distance, center: Center =
     """
     if loss_type != "cosine":
         return x, y
-    mu = y.mean(dim=1, keepdim=True) if center == "image" else y.mean(dim=(0, 1), keepdim=True)
-    tol = zero_norm_tolerance(x, y)
-    return _normalize(x - mu, tol), _normalize(y - mu, tol)
+    # Centring subtracts nearly equal numbers for vectors near the mean: in float32 the mean's own
+    # rounding (u |mu|) would turn their directions by u |mu| / |x - mu|, enough to separate
+    # collinear or equal directions by more than eps. So centring and normalising run in float64
+    # and the unit vectors are rounded once, to the input's precision; only these O((N + M) C)
+    # operations run in float64. A power of two (exact, and without effect on directions) brings
+    # the values to at most 1 before the mean (no overflow of its sum, nor of the squared norms;
+    # what underflows lies far below the zero-norm tolerance): cosine is scale-invariant at any scale.
+    with torch.no_grad():
+        peak = torch.maximum(_largest_magnitude(x), _largest_magnitude(y)).to(torch.float64)
+        scale = _power_of_two_below(peak if center == "image" else peak.amax().expand_as(peak)).view(-1, 1, 1)
+    xw, yw = x * scale, y * scale  # (float64: the scale's dtype wins the type promotion; one pass each)
+    mu = yw.mean(dim=1, keepdim=True) if center == "image" else yw.mean(dim=(0, 1), keepdim=True)
+    # float64's eps whatever the input dtype: centring in float64 leaves noise of that order, and
+    # float32 and float64 inputs then define the same zero vectors
+    tol = zero_norm_tolerance(xw, yw, precision=torch.float64)
+    return _normalize(xw - mu, tol).to(x.dtype), _normalize(yw - mu, tol).to(y.dtype)
+
+
+def _largest_magnitude(t: Tensor) -> Tensor:
+    """(B,) max |t| per image of a set t (B, P, C), in one pass without a temporary (0 for an empty set)."""
+    if t.shape[1] * t.shape[2] == 0:
+        return t.new_zeros(t.shape[0])
+    return torch.linalg.vector_norm(t.detach(), ord=math.inf, dim=(1, 2))
 
 
 def feature_distance(x: Tensor, y: Tensor, loss_type: Distance) -> Tensor:

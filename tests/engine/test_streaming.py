@@ -181,6 +181,25 @@ def test_saturated_rows_have_exact_float32_gradient():
     assert float(grads[torch.float32].abs().max()) < 1e-12
 
 
+@pytest.mark.parametrize("memory_budget", [None, 1])
+@pytest.mark.parametrize("loss_type", ["l2", "cosine"])
+def test_float32_exact_duplicates_on_any_strips(loss_type, memory_budget):
+    # Issue 13 item 1, on every strip-kernel implementation: two distinct vectors tiled into x and
+    # y, so every row's minimum distance is 0 and its softmax scale 1 / (h eps) = 2e6 amplifies the
+    # GEMM's rounding. CX = 2 / M exactly and the gradient is 0; before the near field was evaluated
+    # directly, the backward pass (strips of other shapes) gave gradients of 1e6 and more.
+    gen = torch.Generator().manual_seed(0)
+    vectors = torch.randn(2, 64, generator=gen)
+    pick_x = torch.cat([torch.tensor([0, 1]), torch.randint(0, 2, (62,), generator=gen)])
+    pick_y = torch.cat([torch.tensor([0, 1]), torch.randint(0, 2, (47,), generator=gen)])
+    x = vectors[pick_x].T.reshape(1, 64, 8, 8).requires_grad_(True)
+    y = vectors[pick_y].T.reshape(1, 64, 7, 7).requires_grad_(True)
+    loss = CF.contextual_loss(x, y, 0.05, loss_type, engine="streaming", memory_budget=memory_budget)
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(math.log(49 / 2), rel=1e-6)
+    assert float(x.grad.abs().max()) <= 1e-5 and float(y.grad.abs().max()) <= 1e-5
+
+
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_matches_dense_in_the_saturated_regime(loss_type):
     # Well-matched features at a small band width: most exp(t) underflow, the regime where the

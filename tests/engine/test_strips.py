@@ -8,6 +8,8 @@ import torch
 from contextual_loss.engine.strips import (
     DEFAULT_MEMORY_BUDGET,
     MAX_STRIP_ROWS,
+    _block_max,
+    _entries_at_least,
     column_max_first_index,
     plan_strips,
     row_max_first_index,
@@ -56,3 +58,19 @@ def test_column_max_first_index_matches_max_with_ties(rows):
     assert torch.equal(cols, improved)
     assert torch.equal(col_max, want.values[improved])
     assert torch.equal(first, want.indices[improved])
+
+
+@pytest.mark.parametrize("cols", [1, 5, 63, 64, 65, 200, 640])
+@pytest.mark.parametrize("share", [0.02, 0.5])
+def test_near_field_search_finds_exactly_the_entries_above_each_rows_threshold(cols, share):
+    # The block search of the near field (gathered blocks, the short last block compared in place,
+    # or one comparison over the strip when most blocks qualify) against a plain comparison.
+    gen = torch.Generator().manual_seed(cols)
+    u = torch.randint(0, 50, (12, cols), generator=gen).float()  # ties at the threshold included
+    which = torch.tensor([0, 3, 4, 7, 11])
+    low = torch.quantile(u[which], 1.0 - share, dim=1)
+    rows, found = _entries_at_least(u, _block_max(u)[which], which, low)
+    got = sorted(zip(rows.tolist(), found.tolist(), strict=True))
+    threshold = torch.full((12,), float("inf")).index_copy_(0, which, low)
+    want = sorted(map(tuple, (u >= threshold.unsqueeze(1)).nonzero().tolist()))
+    assert got == want

@@ -438,7 +438,9 @@ def test_kernels_in_an_interpreter_process():
 
 #: The streaming engine's own agreement tests (values, gradients and matches against the dense engine,
 #: every distance and CoBi form) on the Triton kernels: a small selection, the interpreter is slow.
-STREAMING_SELECTION = "triton and (test_matches_dense_float64 and image or test_match_agrees_with_dense)"
+STREAMING_SELECTION = (
+    "triton and (test_matches_dense_float64 and image or test_match_agrees_with_dense or test_float32_exact_duplicates)"
+)
 
 
 def test_streaming_engine_on_triton_in_an_interpreter_process():
@@ -463,7 +465,7 @@ def test_streaming_engine_on_triton_in_an_interpreter_process():
     proc = subprocess.run(command, capture_output=True, text=True, env=_child_env(), timeout=900, cwd=ROOT)
     report = proc.stdout[-6000:] + proc.stderr[-2000:]
     assert proc.returncode == 0, report
-    assert "18 passed" in report, report  # every selected test ran on the Triton kernels, none skipped
+    assert "22 passed" in report, report  # every selected test ran on the Triton kernels, none skipped
 
 
 def test_gpu_check_dry_run(tmp_path):

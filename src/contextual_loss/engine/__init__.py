@@ -181,14 +181,19 @@ def choose_engine(
     return auto_engine(b, n, m, c, dtype, x.device.type, _device_memory(x.device), loss_type)
 
 
+def _prepared_set(name: str, t: object) -> Tensor:
+    """``t`` if it is a 3-d floating-point tensor, else a ``TypeError`` naming ``name``."""
+    if not isinstance(t, Tensor) or not t.is_floating_point() or t.ndim != 3:
+        got = f"a {t.ndim}-d {t.dtype} tensor" if isinstance(t, Tensor) else type(t).__name__
+        raise TypeError(f"{name} must be a 3-d floating-point tensor (B, N, C) of prepared features, got {got}")
+    return t
+
+
 def _check_sets(x: object, y: object) -> None:
-    for name, t in (("x", x), ("y", y)):
-        if not isinstance(t, Tensor) or not t.is_floating_point() or t.ndim != 3:
-            got = f"a {t.ndim}-d {t.dtype} tensor" if isinstance(t, Tensor) else type(t).__name__
-            raise TypeError(f"{name} must be a 3-d floating-point tensor (B, N, C) of prepared features, got {got}")
-    if x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:  # type: ignore[union-attr]
+    xs, ys = _prepared_set("x", x), _prepared_set("y", y)
+    if xs.shape[0] != ys.shape[0] or xs.shape[2] != ys.shape[2]:
         raise ValueError(
-            f"x (B, N, C) and y (B, M, C) must agree in B and C, got {tuple(x.shape)} and {tuple(y.shape)}"  # type: ignore[union-attr]
+            f"x (B, N, C) and y (B, M, C) must agree in B and C, got {tuple(xs.shape)} and {tuple(ys.shape)}"
         )
 
 
@@ -205,25 +210,30 @@ def _evaluate(
     progress: ProgressCallback | None = None,
 ) -> EngineResult:
     _check_sets(x, y)
-    kwargs = {"loss_type": loss_type, "band_width": band_width, "eps": eps, "spatial": spatial}
     if choose_engine(x, y, engine, loss_type) == "dense":
-        result = dense_evaluate(x, y, **kwargs)
+        result = dense_evaluate(x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial)
         if progress is not None:  # one unit of work
             progress(1, 1)
         elif not torch.compiler.is_compiling():
             report(1, 1)  # to the callback of an enclosing reporting() block, if any
         return result
-    # engine="auto" promises the dense engine's abilities: a second differentiation recomputes densely.
-    kwargs["dense_double_backward"] = engine == "auto"
+
+    def stream() -> EngineResult:
+        # engine="auto" promises the dense engine's abilities: a second differentiation recomputes densely.
+        return streaming_evaluate(
+            x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial, memory_budget=memory_budget,
+            dense_double_backward=engine == "auto",
+        )  # fmt: skip
+
     if progress is None:
-        return streaming_evaluate(x, y, memory_budget=memory_budget, **kwargs)
+        return stream()
     if torch.compiler.is_compiling():
         raise RuntimeError(
             "progress callbacks of the streaming engine are not supported inside torch.compile; "
             "call contextual_loss.engine.evaluate without progress there"
         )
     with reporting(progress):
-        return streaming_evaluate(x, y, memory_budget=memory_budget, **kwargs)
+        return stream()
 
 
 def evaluate(

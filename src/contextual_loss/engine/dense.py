@@ -12,6 +12,7 @@ from torch import Tensor
 
 from contextual_loss import maths
 from contextual_loss._deprecation import warn_renamed
+from contextual_loss.engine import nearfield
 from contextual_loss.engine.types import ContextualMatch, EngineResult, SpatialTerm
 
 __all__ = ["dense_evaluate", "dense_log_cx_matrix", "dense_log_similarity", "dense_match"]
@@ -26,13 +27,19 @@ def dense_log_cx_matrix(
     eps: float,
     spatial: SpatialTerm | None = None,
 ) -> Tensor:
-    """The (B, N, M) matrix of log CX_ij (or of the CoBi combination) of prepared sets."""
-    d = maths.feature_distance(x, y, loss_type)
+    """The (B, N, M) matrix of log CX_ij (or of the CoBi combination) of prepared sets.
+
+    The feature distances are those of :func:`maths.feature_distance`, evaluated accurately where
+    the similarity is sensitive to their rounding (:func:`nearfield.dense_distance`).
+    """
     if spatial is None:
-        return maths.log_cx_matrix(d, band_width, eps)
-    d_sp = maths.spatial_distance(spatial.pos_x.to(d), spatial.pos_y.to(d), spatial.form)
+        return maths.log_cx_matrix(nearfield.dense_distance(x, y, loss_type, band_width, eps), band_width, eps)
+    d_sp = maths.spatial_distance(spatial.pos_x.to(x), spatial.pos_y.to(x), spatial.form)
     if spatial.form == "paper":
-        return maths.log_cx_matrix(d + spatial.weight * d_sp, band_width, eps)
+        extra = spatial.weight * d_sp
+        d = nearfield.dense_distance(x, y, loss_type, band_width, eps, extra.expand(x.shape[0], -1, -1))
+        return maths.log_cx_matrix(d + extra, band_width, eps)
+    d = nearfield.dense_distance(x, y, loss_type, band_width, eps)
     log_sp = maths.log_cx_matrix(d_sp, band_width, eps)
     return maths.mix_released(maths.log_cx_matrix(d, band_width, eps), log_sp, spatial.weight)
 

@@ -378,7 +378,7 @@ def cache_directory() -> Path | None:
 
 def _open_cache() -> tuple[int | None, Path | None, list[str]]:
     """A descriptor of the first usable cache directory and its real path (or None), and why others were not."""
-    reasons = []
+    reasons: list[str] = []
     for path in _cache_candidates():
         try:
             real = Path(os.path.realpath(path))

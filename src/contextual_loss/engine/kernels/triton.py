@@ -325,7 +325,7 @@ _SOURCES = {
     "backward_argmax": _backward_argmax_kernel,
 }
 
-_NOT_SPECIALIZED = {name: [] for name in _SOURCES} | {
+_NOT_SPECIALIZED: dict[str, list[str]] = {name: [] for name in _SOURCES} | {
     "row_stats": ["h_bits", "eps_bits", "low_bits"],
     "backward_rows": ["h_bits", "low_bits"],
 }

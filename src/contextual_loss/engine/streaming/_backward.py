@@ -17,6 +17,11 @@ closed form, s r p - s g = c (g expm1(a) + (r - g) e^a) / r, so a saturated (one
 an exactly zero float32 gradient instead of rounding noise. For CoBi's released form only the
 feature share rho_j = (1 - w) e^{a_{i*(j) j} - A_j} of the mixture depends on x and y: g_j rho_j
 and a_{i*(j) j} take the place of g_j and A_j.
+
+Rows the forward pass found sensitive (their near field evaluated directly, see
+:mod:`contextual_loss.engine.nearfield`) are refined again in the recomputed strips, from their
+stored exact minima, so both passes see the same values whatever the strip shapes; the gradient on
+those entries is taken in the direct form (:meth:`~contextual_loss.engine.strips.StripDistance.backward`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from torch import Tensor
 from contextual_loss.engine import kernels as _kernels
 from contextual_loss.engine.kernels import RowStats, StripKernels
 from contextual_loss.engine.streaming._forward import select_rows, strip_affinity
-from contextual_loss.engine.streaming._problem import Problem, image_positions, log_complement
+from contextual_loss.engine.streaming._problem import Positions, Problem, image_positions, log_complement
 from contextual_loss.engine.strips import StripPlan, make_strip_distance
 
 __all__ = ["backward"]
@@ -38,11 +43,11 @@ def backward(
     x: Tensor,
     y: Tensor,
     pos: tuple[Tensor | None, Tensor | None],
-    saved: tuple[Tensor, Tensor, RowStats, Tensor],
+    saved: tuple[Tensor, Tensor, RowStats, Tensor, Tensor],
     problem: Problem,
 ) -> tuple[Tensor, Tensor]:
-    """Gradients (dx, dy) of sum_j grad_best_j A_j for a batch, from the forward's (best, index, rows, feature_best)."""
-    best, index, rows, feature_best = saved
+    """Gradients (dx, dy) of sum_j grad_best_j A_j, from the forward's (best, index, rows, sensitive, feature_best)."""
+    best, index, rows, sensitive, feature_best = saved
     (b, n, _), m = x.shape, y.shape[1]
     if rows.umax.shape[-1] != n:
         raise RuntimeError(
@@ -58,10 +63,10 @@ def backward(
         if problem.released:  # only the feature share depends on x and y (exactly 0 at w = 1)
             share = torch.exp(feature_best[image] + log_complement(problem.spatial_weight) - best[image])
             g, a_star = g * share, feature_best[image]
-        image_pos = (image_positions(pos[0], image), image_positions(pos[1], image))
+        image_pos = image_positions(problem, pos[0], pos[1], image)
         _backward_image(
-            x[image], y[image], image_pos, g, a_star, index[image], select_rows(rows, image), problem, kernels, plan,
-            dx[image], dy[image],
+            x[image], y[image], image_pos, g, a_star, index[image], select_rows(rows, image), sensitive[image],
+            problem, kernels, plan, dx[image], dy[image],
         )  # fmt: skip
     return dx, dy
 
@@ -69,11 +74,12 @@ def backward(
 def _backward_image(
     x: Tensor,
     y: Tensor,
-    pos: tuple[Tensor | None, Tensor | None],
+    pos: Positions,
     g: Tensor,
     a_star: Tensor,
     index: Tensor,
     rows: RowStats,
+    sensitive: Tensor,
     problem: Problem,
     kernels: StripKernels,
     plan: StripPlan,
@@ -107,10 +113,12 @@ def _backward_image(
     for k, q0 in enumerate(range(0, count, plan.rows)):
         strip = need[q0 : q0 + plan.rows]
         size, lo, hi = strip.numel(), bounds[k], bounds[k + 1]
-        u = strip_affinity(dist, strip, buffer[:size], problem, pos)
+        u, extra = strip_affinity(dist, strip, buffer[:size], problem, pos)
+        row_min = rows.umax[strip].neg().clamp_min_(0.0)  # exact where the forward pass refined the row
+        _, near = dist.refine(strip, u, extra, problem.band_width, problem.eps, sensitive[strip], row_min)
         kernels.backward(
             u, select_rows(rows, strip), gamma_base=gamma_base[q0 : q0 + size], band_width=problem.band_width,
             argmax_rows=entry_row[lo:hi] - q0, argmax_cols=order[lo:hi], argmax_values=values[lo:hi],
         )  # fmt: skip
-        dist.backward(strip, u, scale_c[q0 : q0 + size], dx, dy)
+        dist.backward(strip, u, scale_c[q0 : q0 + size], dx, dy, near)
     dist.finish(dy)

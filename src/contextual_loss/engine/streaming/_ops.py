@@ -41,11 +41,11 @@ _DOUBLE_BACKWARD_MESSAGE = (
 FORWARD_SCHEMA = (
     "(Tensor x, Tensor y, Tensor? pos_x, Tensor? pos_y, str loss_type, float band_width, float eps, "
     "float spatial_weight, str spatial_form, int memory_budget, str kernels, bool keep_rows, "
-    "bool dense_double_backward) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+    "bool dense_double_backward) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 BACKWARD_SCHEMA = (
     "(Tensor grad_best, Tensor x, Tensor y, Tensor? pos_x, Tensor? pos_y, Tensor best, Tensor index, "
-    "Tensor umax, Tensor argmin, Tensor scale, Tensor log_norm, Tensor clamped, Tensor feature_best, "
+    "Tensor umax, Tensor argmin, Tensor scale, Tensor log_norm, Tensor clamped, Tensor sensitive, Tensor feature_best, "
     "str loss_type, float band_width, float eps, float spatial_weight, str spatial_form, int memory_budget, "
     "str kernels) -> (Tensor, Tensor)"
 )
@@ -66,7 +66,7 @@ def streaming_forward(
     kernels: str,
     keep_rows: bool,
     dense_double_backward: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The streaming forward pass (see :data:`~contextual_loss.engine.streaming._forward.ForwardOutputs`).
 
     Args:
@@ -105,6 +105,7 @@ def _streaming_forward_fake(x, y, pos_x, pos_y, loss_type, band_width, eps, spat
         x.new_empty(b, rows),
         x.new_empty(b, rows),
         x.new_empty(b, rows, dtype=torch.bool),
+        x.new_empty(b, rows, dtype=torch.bool),
         x.new_empty(b, m if spatial_form == "released" else 0),
     )
 
@@ -123,6 +124,7 @@ def streaming_backward(
     scale: Tensor,
     log_norm: Tensor,
     clamped: Tensor,
+    sensitive: Tensor,
     feature_best: Tensor,
     loss_type: str,
     band_width: float,
@@ -134,7 +136,7 @@ def streaming_backward(
 ) -> tuple[Tensor, Tensor]:
     """Gradients (dx, dy) of sum_j grad_best_j A_j, from the outputs of :func:`streaming_forward`."""
     problem = Problem(loss_type, band_width, eps, spatial_weight, spatial_form, memory_budget, kernels)
-    saved = (best, index, RowStats(umax, argmin, scale, log_norm, clamped), feature_best)
+    saved = (best, index, RowStats(umax, argmin, scale, log_norm, clamped), sensitive, feature_best)
     with torch.no_grad(), no_autocast(x.device):
         return _backward.backward(grad_best, x, y, (pos_x, pos_y), saved, problem)
 
@@ -174,7 +176,7 @@ def _dense_gradients(
     live while this graph does, which is what a second differentiation needs anyway.
     """
     loss_type, band_width, eps, weight, form, *_ = scalars
-    spatial = None if form == NO_SPATIAL else SpatialTerm(weight, form, pos_x, pos_y)
+    spatial = None if form == NO_SPATIAL or pos_x is None or pos_y is None else SpatialTerm(weight, form, pos_x, pos_y)
     best = dense_log_cx_matrix(x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial)
     best = best.max(dim=1).values  # the first row on ties, as the streaming engine
     wanted = [t for t, need in zip((x, y), needs, strict=True) if need]

@@ -7,6 +7,7 @@ import contextvars
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -15,6 +16,7 @@ from contextual_loss.engine.strips import DEFAULT_MEMORY_BUDGET, StripPlan, plan
 
 __all__ = [
     "NO_SPATIAL",
+    "Positions",
     "Problem",
     "ProgressCallback",
     "budget",
@@ -97,11 +99,22 @@ def log_complement(weight: float) -> float:
     return math.log1p(-weight) if weight < 1.0 else -math.inf
 
 
-def image_positions(pos: Tensor | None, image: int) -> Tensor | None:
-    """One image's positions: shared (P, 2) or per image (B, P, 2)."""
-    if pos is None:
+#: One image's CoBi positions (pos_x (N, 2), pos_y (M, 2)), or ``None`` without a spatial term.
+Positions = tuple[Tensor, Tensor] | None
+
+
+def image_positions(problem: Problem, pos_x: Tensor | None, pos_y: Tensor | None, image: int) -> Positions:
+    """One image's positions, from shared (P, 2) or per-image (B, P, 2) tensors; ``None`` without a spatial term.
+
+    Raises:
+        ValueError: the problem has a spatial term but a position tensor is missing.
+
+    """
+    if problem.spatial_form == NO_SPATIAL:
         return None
-    return pos[image] if pos.ndim == 3 else pos
+    if pos_x is None or pos_y is None:
+        raise ValueError(f"spatial_form={problem.spatial_form!r} needs pos_x and pos_y, got None")
+    return (pos_x[image] if pos_x.ndim == 3 else pos_x), (pos_y[image] if pos_y.ndim == 3 else pos_y)
 
 
 @contextlib.contextmanager
@@ -142,6 +155,7 @@ def report(done: int, total: int) -> None:
 @contextlib.contextmanager
 def no_autocast(device: torch.device) -> Iterator[None]:
     """Run a block in the inputs' own dtype even under ``torch.autocast``."""
+    ctx: contextlib.AbstractContextManager[Any]
     try:
         ctx = torch.autocast(device_type=device.type, enabled=False)
     except RuntimeError:  # a device type without autocast
