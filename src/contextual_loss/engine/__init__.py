@@ -11,9 +11,9 @@ per-target best matches (:class:`EngineResult`), on one of two engines:
   grows with N + M (plus a fixed strip workspace, ``memory_budget`` bytes), with an exact
   custom backward. Its per-strip work runs on the strip kernels of
   :mod:`contextual_loss.engine.kernels` (eager, native CPU or Triton, chosen by device).
-- ``auto`` (the default) decides by a fixed rule from the problem's size, dtype and device
-  (:func:`auto_engine`): never from the memory free at call time, so every step and every
-  process of a distributed run picks the same engine.
+- ``auto`` (the default) decides by a fixed rule from the problem's size per image and per
+  batch, channels, distance, dtype and device (:func:`auto_engine`): never from the memory free
+  at call time, so every step and every process of a distributed run picks the same engine.
 """
 
 from __future__ import annotations
