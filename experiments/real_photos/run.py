@@ -122,9 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     minutes = (time.perf_counter() - start) / 60
     note = (
-        f"_This invocation of run.py trained {len(todo)} of the {len(pairs)} (run, seed) pairs (the others were "
-        f"already in the runs folder; each run's own train time is in the tables): {minutes:.1f} min of training "
-        f"wall time, {args.jobs} process(es) x "
+        f"_This invocation of run.py trained {len(todo)} of the {len(pairs)} (run, seed) pairs (the rest were "
+        f"already finished in the runs folder; each run's own train time is in the tables): {minutes:.1f} min of "
+        f"training wall time, {args.jobs} process(es) x "
         f"{args.threads} thread(s) (load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end) on a "
         f"2-core machine shared with other jobs; the times above are as measured there, slower than on a quiet "
         f"machine. torch {torch.__version__}._"
