@@ -243,12 +243,13 @@ def test_duplicate_cap_formula_holds_on_the_constructed_example():
     assert max(differences) < 1e-12
 
 
-def test_recommended_patches_order_shifts_of_a_photo_crop():
+@pytest.mark.parametrize("distance", ["l2", "l1"])
+def test_raw_patch_distances_order_shifts_of_a_photo_crop(distance):
     stored, _ = Q.load_photo("chelsea")
     losses = []
     for shift in Q.SHIFTS:
         pred, target = Q.shifted_pair(stored, 140, 200, (24, 24), shift)
         fx, fy = Q.features(pred, "patches"), Q.features(target, "patches")
-        losses.append(float(contextual_loss(fx, fy, 0.5, "l1")))
+        losses.append(float(contextual_loss(fx, fy, 0.5, distance)))
     assert losses[0] == 0.0
     assert all(b > a for a, b in itertools.pairwise(losses)), losses
