@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine (see README):
 #   make demo   set up .venv and run the main job on built-in data
-#   make test   set up .venv and run the linters and the test suite (what CI runs)
+#   make test   set up .venv and run the linters, the type checker and the test suite (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -14,11 +14,12 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/contextual-loss demo
+	$(BIN)/contextual-loss demo --force   # --force: a second `make demo` overwrites the first one's files
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check $(LINT_DIRS)
 	$(BIN)/ruff format --check $(LINT_DIRS)
+	$(BIN)/mypy
 
 test: lint
 	$(BIN)/python -m pytest

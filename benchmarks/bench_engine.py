@@ -1,31 +1,42 @@
-"""Benchmark the streaming engine against the dense reference (time, peak memory, matmul rate).
+"""Benchmark the streaming engine against the dense reference: time, memory, matmul rate, load, compile.
 
-For batch 1, float32, cosine distance and N = M = S * S feature vectors of C channels, every
-run is a fresh subprocess (so its peak resident memory is its own) that times one forward pass
-and one forward + backward through ``contextual_loss`` after a small warm-up. The runs of the
-two engines alternate, so both see the same machine load; the table gives the median over the
-runs and the largest peak resident set size. The dense engine runs only where its estimated
-memory fits (it keeps several N x M float32 matrices for backward). The machine's float32
-matmul rate is measured in the same run (a 2048^3 product, before and after the points), and
-the table gives the streaming engine's share of it, counting 6 N M C flops for forward +
-backward (the GEMM work of plain autograd: one product forward, two backward).
+Every run is a fresh subprocess on the benchmark's seeded random inputs (batch 1, float32,
+N = M = S * S feature vectors of C channels, cosine distance unless said otherwise). A run imports
+the library, makes a small warm-up call, measures the float32 matmul rate (a 2048^3 product),
+times one forward pass and one forward + backward through ``contextual_loss``, measures the
+matmul rate again, and reports its peak resident memory above its memory after the warm-up.
+Runs whose matmul rate drifts by more than 10% between before and after are repeated (up to
+``--retries`` times). The engines' runs are interleaved (the order rotates every repeat) so that
+all see the same machine; tables give the median over ``--repeats`` runs with [min, max].
+
+Columns: the speed-up of streaming over dense (fwd+bwd), the peak memory above the warm-up, and
+the streaming engine's share of the run's matmul rate counting 6 N M C flops for forward +
+backward (the GEMM work of plain autograd). The L1 distance has no GEMM: its table gives distance
+entries per second, N M / time.
+
+Modes:
+
+- ``--load both`` runs every point quiet and beside one competing single-threaded busy loop
+  (``--load busy``: only loaded), and a summary of how much each engine slows down; the target is a
+  loaded speed-up of at least 85% of the quiet one.
+- ``--engines streaming,eager,dense``: ``eager`` is the streaming engine on the eager strip kernels
+  (``CONTEXTUAL_LOSS_KERNELS=eager``); ``--compare-src PATH`` adds ``base``, the streaming engine of
+  another source tree (for example a checkout of an older commit), for alternating A/B runs.
+- ``--compile``: compiled (``torch.compile``) against eager for the loss alone (forward + backward)
+  and for a small training step (a few convolutions, the loss, an SGD step), steady-state medians
+  and the first call's compile time.
 
 Usage::
 
-    python benchmarks/bench_engine.py                      # the full table (takes a while)
-    python benchmarks/bench_engine.py --sizes 64,128 --channels 256 --repeats 3
-    python benchmarks/bench_engine.py --output docs/engine-benchmark.md
-    python benchmarks/bench_engine.py --engines streaming,eager,dense   # also the eager baseline
-
-``eager`` is the streaming engine with its native strip kernels turned off
-(``CONTEXTUAL_LOSS_NATIVE=0``): the same algorithm as eager PyTorch passes. The header line says
-whether the streaming runs used the kernels.
+    python benchmarks/bench_engine.py                                    # the full table (takes a while)
+    python benchmarks/bench_engine.py --sizes 128 --channels 64,256 --extra "" --l1 ""
+    python benchmarks/bench_engine.py --sizes 64,128 --channels 256 --load both
+    python benchmarks/bench_engine.py --compile --compile-size 32
+    python benchmarks/bench_engine.py --sizes 16 --channels 32 --repeats 1 --extra "" --l1 16:32   # smoke
 
 Timings on a shared machine are noisy: compare ratios measured side by side in one run. The runs
 use ``OMP_WAIT_POLICY=PASSIVE`` by default (``--omp-wait-policy``): with GNU OpenMP's default
-spin-waiting, every parallel operation can cost a scheduler time slice when other processes hold
-the cores, which penalises code made of many operations (the streaming engine: about a dozen per
-strip) far more than code made of a few large ones.
+spin-waiting, idle threads hold their cores, which on a shared machine penalises everyone.
 """
 
 from __future__ import annotations
@@ -42,11 +53,43 @@ import time
 from pathlib import Path
 
 GIB = 2.0**30
-DENSE_BYTES_PER_ENTRY = 8 * 4  # dense autograd keeps about 8 float32 N x M matrices (measured 7.8 GiB at S=128)
+SRC = Path(__file__).resolve().parents[1] / "src"
+#: Bytes per entry B N M the dense engine holds at its peak (float32): 7-10 matrices (docs/engine.md).
+DENSE_BYTES_PER_ENTRY = 10 * 4
+DRIFT = 0.10
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+def _rss() -> float:
+    """Current resident set size of this process in bytes (Linux), else the peak so far."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * float(os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, IndexError):
+        return _max_rss()
+
+
+def _max_rss() -> float:
+    """Peak resident set size of this process in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
+
+
+def _matmul_rate(a, b, out, repeats: int = 5) -> float:
+    """Float32 GEMM rate in GFLOP/s of a @ b (square) into ``out`` (no allocation), median of ``repeats``."""
+    import torch
+
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.matmul(a, b, out=out)
+        times.append(time.perf_counter() - t0)
+    return 2 * a.shape[0] ** 3 / statistics.median(times) / 1e9
 
 
 def _worker(args: argparse.Namespace) -> None:
-    """One point: time forward and forward + backward, report the peak RSS, print JSON."""
+    """One run of one point: print a JSON line with times, rates and memory."""
     import torch
 
     from contextual_loss.functional import contextual_loss
@@ -55,48 +98,122 @@ def _worker(args: argparse.Namespace) -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, args.channels, args.size, args.size, generator=gen)
     y = torch.randn(1, args.channels, args.size, args.size, generator=gen)
-    kwargs = {"band_width": 0.5, "engine": args.engine, "memory_budget": args.memory_budget}
-    # Warm up the thread pool and BLAS on a tiny problem, outside the timings.
-    small = torch.randn(1, args.channels, 8, 8, requires_grad=True)
-    contextual_loss(small, small.detach(), **kwargs).backward()
-    baseline = _max_rss()
-
-    def forward() -> None:
-        contextual_loss(x.requires_grad_(True), y, **kwargs)
-
-    def forward_backward() -> None:
-        xg = x.detach().requires_grad_(True)
-        contextual_loss(xg, y, **kwargs).backward()
-
-    from contextual_loss.engine import native
-
-    result = {"baseline_rss": baseline, "native": native.status()}
-    for name, fn in (("forward", forward), ("forward_backward", forward_backward)):
-        t0 = time.perf_counter()
-        fn()
-        result[name] = time.perf_counter() - t0
-    result["peak_rss"] = _max_rss()
+    kwargs = {"band_width": 0.5, "loss_type": args.distance, "engine": args.engine, "memory_budget": args.memory_budget}
+    small = torch.randn(1, args.channels, 8, 8, generator=gen, requires_grad=True)
+    contextual_loss(small, small.detach(), **kwargs).backward()  # warm-up: threads, BLAS, kernels
+    a, b = torch.randn(2048, 2048, generator=gen), torch.randn(2048, 2048, generator=gen)
+    product = a @ b
+    baseline = _rss()  # after import, the warm-up call and the matmul buffers
+    rate_before = _matmul_rate(a, b, product)
+    t0 = time.perf_counter()
+    contextual_loss(x.requires_grad_(True), y, **kwargs)
+    forward = time.perf_counter() - t0
+    xg = x.detach().requires_grad_(True)
+    t0 = time.perf_counter()
+    contextual_loss(xg, y, **kwargs).backward()
+    forward_backward = time.perf_counter() - t0
+    peak = _max_rss()
+    rate_after = _matmul_rate(a, b, product)
+    result = {
+        "forward": forward,
+        "forward_backward": forward_backward,
+        "peak_above": peak - baseline,
+        "rate_before": rate_before,
+        "rate_after": rate_after,
+        "kernels": _kernels_line(),
+    }
     print(json.dumps(result))
 
 
-def _matmul_worker(args: argparse.Namespace) -> None:
+def _kernels_line() -> str:
+    try:
+        from contextual_loss.engine import kernels
+
+        return kernels.status().splitlines()[0]
+    except (ImportError, AttributeError):  # an older source tree (--compare-src)
+        from contextual_loss.engine import native
+
+        return "native: " + native.status()
+
+
+def _compile_worker(args: argparse.Namespace) -> None:
+    """One run of the compiled-vs-eager comparison: the loss alone or a small training step."""
     import torch
 
+    from contextual_loss.functional import contextual_loss
+
     torch.set_num_threads(args.threads)
-    n = 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
+    gen = torch.Generator().manual_seed(0)
+    s, c = args.size, args.channels
+    kwargs = {"band_width": 0.5, "engine": args.engine}
+    if args.task == "loss":
+        x = torch.randn(1, c, s, s, generator=gen)
+        y = torch.randn(1, c, s, s, generator=gen)
+
+        def step() -> None:
+            contextual_loss(x.detach().requires_grad_(True), y, **kwargs).backward()
+
+    else:  # a small image-to-image network trained on the loss over its output features
+        net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, c, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(c, c, 3, padding=1)
+        )
+        optimizer = torch.optim.SGD(net.parameters(), lr=1e-3)
+        image = torch.rand(1, 3, s, s, generator=gen)
+        target = torch.randn(1, c, s, s, generator=gen)
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            contextual_loss(net(image), target, **kwargs).backward()
+            optimizer.step()
+
+    fn = torch.compile(step) if args.mode == "compiled" else step
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
     times = []
-    for _ in range(7):
+    for _ in range(args.steps):
         t0 = time.perf_counter()
-        a @ b
+        fn()
         times.append(time.perf_counter() - t0)
-    print(json.dumps({"gflops": 2 * n**3 / statistics.median(times) / 1e9}))
+    print(json.dumps({"first": first, "median": statistics.median(times)}))
 
 
-def _max_rss() -> float:
-    """Peak resident set size of this process in bytes (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
+# ----------------------------------------------------------------------------- driver side
+
+
+class _BusyLoop:
+    """A competing single-threaded busy process while the block runs."""
+
+    def __init__(self, active: bool) -> None:
+        self.active = active
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> _BusyLoop:
+        if self.active:
+            self.process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            time.sleep(0.2)  # let it take its core
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+
+
+def _run_child(argv: list[str], args: argparse.Namespace, env_extra: dict, busy: bool) -> dict | str:
+    cmd = [sys.executable, os.path.abspath(__file__), *argv]
+    env = {**os.environ, "PYTHONPATH": str(SRC), **env_extra}
+    if args.omp_wait_policy != "default":
+        env["OMP_WAIT_POLICY"] = args.omp_wait_policy
+    with _BusyLoop(busy):
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, check=False)
+        except subprocess.TimeoutExpired:
+            return "timed out"
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()
+        return f"failed ({tail[-1] if tail else done.returncode})"
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _available_memory() -> float:
@@ -109,21 +226,6 @@ def _available_memory() -> float:
     return float("inf")
 
 
-def _run_child(extra: list[str], timeout: float, wait_policy: str, env_extra: dict | None = None) -> dict | str:
-    cmd = [sys.executable, os.path.abspath(__file__), *extra]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), **(env_extra or {})}
-    if wait_policy != "default":
-        env["OMP_WAIT_POLICY"] = wait_policy
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
-    except subprocess.TimeoutExpired:
-        return "timed out"
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()
-        return f"failed ({tail[-1] if tail else done.returncode})"
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def _dense_fits(args: argparse.Namespace, size: int) -> str | None:
     """``None`` if the dense engine's estimated memory fits, else why the point is skipped."""
     need = DENSE_BYTES_PER_ENTRY * float(size) ** 4
@@ -131,74 +233,201 @@ def _dense_fits(args: argparse.Namespace, size: int) -> str | None:
     return None if need <= limit else f"skipped (needs ~{need / GIB:.0f} GiB)"
 
 
-def _point(args: argparse.Namespace, size: int, channels: int, engines: list[str]) -> dict[str, dict | str]:
-    """Run the engines of one point alternately, one fresh process per run, so both see the same load."""
-    runs: dict[str, list[dict]] = {engine: [] for engine in engines}
-    results: dict[str, dict | str] = {}
+def _engine_setup(engine: str, args: argparse.Namespace) -> tuple[str, dict]:
+    """(the worker's --engine, extra environment) of a benchmark engine name."""
+    if engine == "eager":
+        return "streaming", {"CONTEXTUAL_LOSS_KERNELS": "eager"}
+    if engine == "base":
+        return "streaming", {"PYTHONPATH": str(Path(args.compare_src).resolve())}
+    return engine, {}
+
+
+def _one_run(argv: list[str], args: argparse.Namespace, env: dict, busy: bool) -> dict | str:
+    """A run, repeated while its matmul rate drifts by more than 10% (at most ``--retries`` times)."""
+    outcome: dict | str = "not run"
+    for attempt in range(args.retries + 1):
+        outcome = _run_child(argv, args, env, busy)
+        if isinstance(outcome, str):
+            return outcome
+        outcome["reruns"] = attempt
+        drift = abs(outcome["rate_after"] / outcome["rate_before"] - 1.0)
+        if drift <= DRIFT:
+            break
+        outcome["drifted"] = drift
+    return outcome
+
+
+def _point(args: argparse.Namespace, size: int, channels: int, engines: list[str], distance: str) -> dict:
+    """All runs of one point: engines (and load conditions) interleaved, rotating the order each repeat."""
+    loads = {"quiet": [False], "busy": [True], "both": [False, True]}[args.load]
+    slots = [(engine, busy) for busy in loads for engine in engines]
+    runs: dict[tuple[str, bool], list[dict]] = {slot: [] for slot in slots}
+    failed: dict[tuple[str, bool], str] = {}
     if "dense" in engines and (why := _dense_fits(args, size)) is not None:
-        results["dense"] = why
+        for busy in loads:
+            failed["dense", busy] = why
     base = ["--worker", "--size", str(size), "--channels", str(channels), "--threads", str(args.threads)]
-    if args.memory_budget is not None:
-        base += ["--memory-budget", str(args.memory_budget)]
-    for _ in range(args.repeats):
-        for engine in engines:
-            spent = sum(r["forward"] + r["forward_backward"] for r in runs[engine])
-            if engine in results or (runs[engine] and spent > args.point_seconds):
+    base += ["--distance", distance] + (["--memory-budget", str(args.memory_budget)] if args.memory_budget else [])
+    for repeat in range(args.repeats):
+        for engine, busy in slots[repeat % len(slots) :] + slots[: repeat % len(slots)]:
+            spent = sum(r["forward"] + r["forward_backward"] for r in runs[engine, busy])
+            if (engine, busy) in failed or (runs[engine, busy] and spent > args.point_seconds):
                 continue
-            # "eager": the streaming engine without its native strip kernels (the baseline they replace).
-            name, env = ("streaming", {"CONTEXTUAL_LOSS_NATIVE": "0"}) if engine == "eager" else (engine, None)
-            outcome = _run_child([*base, "--engine", name], args.timeout, args.omp_wait_policy, env)
+            name, env = _engine_setup(engine, args)
+            outcome = _one_run([*base, "--engine", name], args, env, busy)
             if isinstance(outcome, str):
-                results[engine] = outcome
+                failed[engine, busy] = outcome
             else:
-                runs[engine].append(outcome)
-    for engine, done in runs.items():
-        if engine not in results and done:
-            results[engine] = {
-                "forward": statistics.median(r["forward"] for r in done),
-                "forward_backward": statistics.median(r["forward_backward"] for r in done),
-                "peak_rss": max(r["peak_rss"] for r in done),
-                "baseline_rss": min(r["baseline_rss"] for r in done),
-                "runs": len(done),
-                "native": done[0]["native"],
-            }
-    return results
+                runs[engine, busy].append(outcome)
+    return {"size": size, "channels": channels, "distance": distance, "runs": runs, "failed": failed}
 
 
-def _fmt_time(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}" if value < 10 else f"{value:.1f}"
+def _summary(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
 
 
-def _table(rows: list[dict], rate: float) -> str:
-    """The markdown table; two more columns when the eager streaming baseline was run."""
-    eager = any(isinstance(row.get("eager"), dict) for row in rows)
-    head = (
-        "| S | C | N = M | streaming fwd (s) | streaming fwd+bwd (s) | dense fwd (s) | dense fwd+bwd (s) "
-        "| speed-up fwd+bwd | streaming peak RSS (GiB) | dense peak RSS (GiB) | memory ratio | % of matmul rate |"
-    )
-    if eager:
-        head += " eager streaming fwd+bwd (s) | native kernels speed-up |"
-    lines = [head, "|" + "---|" * (14 if eager else 12)]
-    for row in rows:
-        s, d = row["streaming"], row["dense"]
-        s_ok, d_ok = isinstance(s, dict), isinstance(d, dict)
-        n = row["size"] ** 2
-        cells = [str(row["size"]), str(row["channels"]), str(n)]
-        cells += [_fmt_time(s["forward"]), _fmt_time(s["forward_backward"])] if s_ok else [s, s]
-        cells += [_fmt_time(d["forward"]), _fmt_time(d["forward_backward"])] if d_ok else [d, "-"]
-        both = s_ok and d_ok
-        cells.append(f"{d['forward_backward'] / s['forward_backward']:.1f}x" if both else "-")
-        cells.append(f"{s['peak_rss'] / GIB:.2f}" if s_ok else "-")
-        cells.append(f"{d['peak_rss'] / GIB:.2f}" if d_ok else "-")
-        cells.append(f"{d['peak_rss'] / s['peak_rss']:.1f}x" if both else "-")
-        flops = 6.0 * n * n * row["channels"]
-        cells.append(f"{100 * flops / s['forward_backward'] / 1e9 / rate:.0f}%" if s_ok else "-")
-        if eager:
-            e = row.get("eager", "-")
-            e_ok = isinstance(e, dict)
-            cells.append(_fmt_time(e["forward_backward"]) if e_ok else str(e))
-            cells.append(f"{e['forward_backward'] / s['forward_backward']:.2f}x" if e_ok and s_ok else "-")
+def _fmt_time(value: float) -> str:
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def _fmt_spread(values: list[float]) -> str:
+    mid, lo, hi = _summary(values)
+    return f"{_fmt_time(mid)} [{_fmt_time(lo)}, {_fmt_time(hi)}]"
+
+
+def _cell(point: dict, engine: str, busy: bool, key: str) -> str:
+    runs = point["runs"].get((engine, busy), [])
+    if runs:
+        return _fmt_spread([r[key] for r in runs])
+    return point["failed"].get((engine, busy), "-")
+
+
+def _median(point: dict, engine: str, busy: bool, key: str) -> float | None:
+    runs = point["runs"].get((engine, busy), [])
+    return statistics.median(r[key] for r in runs) if runs else None
+
+
+def _rate_cell(point: dict, busy: bool) -> tuple[str, float | None]:
+    """(matmul rate before -> after, the rate the % column uses) over the point's streaming runs."""
+    runs = point["runs"].get(("streaming", busy), [])
+    if not runs:
+        return "-", None
+    before = statistics.median(r["rate_before"] for r in runs)
+    after = statistics.median(r["rate_after"] for r in runs)
+    reruns = sum(r["reruns"] for r in runs)
+    note = f" ({reruns} reruns)" if reruns else ""
+    return f"{before:.0f} -> {after:.0f}{note}", max(before, after)
+
+
+def _gemm_table(points: list[dict], engines: list[str], loads: list[bool]) -> str:
+    extra = [e for e in engines if e not in ("streaming", "dense")]
+    head = [
+        "S", "C", "N = M", "load", "streaming fwd (s)", "streaming fwd+bwd (s)", "dense fwd (s)", "dense fwd+bwd (s)",
+        "speed-up fwd+bwd", "streaming peak above warm-up (GiB)", "dense peak above warm-up (GiB)",
+        "% of matmul rate", "matmul GFLOP/s before -> after",
+    ]  # fmt: skip
+    head += [f"{e} fwd+bwd (s)" for e in extra] + [f"streaming vs {e}" for e in extra]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for point in points:
+        for busy in loads:
+            n = point["size"] ** 2
+            cells = [str(point["size"]), str(point["channels"]), str(n), "busy loop" if busy else "quiet"]
+            for engine in ("streaming", "dense"):
+                cells += [_cell(point, engine, busy, "forward"), _cell(point, engine, busy, "forward_backward")]
+            s, d = (_median(point, e, busy, "forward_backward") for e in ("streaming", "dense"))
+            cells.append(f"{d / s:.2f}x" if s and d else "-")
+            for engine in ("streaming", "dense"):
+                peak = _median(point, engine, busy, "peak_above")
+                cells.append("-" if peak is None else f"{peak / GIB:.2f}")
+            rate_text, rate = _rate_cell(point, busy)
+            flops = 6.0 * n * n * point["channels"]
+            cells.append(f"{100 * flops / s / 1e9 / rate:.0f}%" if s and rate else "-")
+            cells.append(rate_text)
+            for engine in extra:
+                cells.append(_cell(point, engine, busy, "forward_backward"))
+            for engine in extra:
+                e = _median(point, engine, busy, "forward_backward")
+                cells.append(f"{e / s:.2f}x" if s and e else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _l1_table(points: list[dict], loads: list[bool]) -> str:
+    head = ["S", "C", "N = M", "load", "engine", "fwd (s)", "fwd+bwd (s)", "fwd entries/s", "fwd+bwd entries/s",
+            "peak above warm-up (GiB)"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for point in points:
+        n = point["size"] ** 2
+        for busy in loads:
+            for engine in ("streaming", "dense"):
+                f, fb = (_median(point, engine, busy, k) for k in ("forward", "forward_backward"))
+                peak = _median(point, engine, busy, "peak_above")
+                cells = [str(point["size"]), str(point["channels"]), str(n), "busy loop" if busy else "quiet", engine]
+                cells += [_cell(point, engine, busy, "forward"), _cell(point, engine, busy, "forward_backward")]
+                cells += [f"{n * n / f:.3g}" if f else "-", f"{n * n / fb:.3g}" if fb else "-"]
+                cells.append("-" if peak is None else f"{peak / GIB:.2f}")
+                lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _load_summary(points: list[dict]) -> str:
+    """Quiet against loaded, per point: the speed-up kept under load (target >= 85%)."""
+    head = [
+        "S",
+        "C",
+        "streaming slowdown",
+        "dense slowdown",
+        "quiet speed-up",
+        "loaded speed-up",
+        "kept (target >= 85%)",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for point in points:
+        t = {(e, b): _median(point, e, b, "forward_backward") for e in ("streaming", "dense") for b in (False, True)}
+        if None in t.values():
+            continue
+        quiet, busy = t["dense", False] / t["streaming", False], t["dense", True] / t["streaming", True]
+        cells = [str(point["size"]), str(point["channels"])]
+        cells += [
+            f"{t['streaming', True] / t['streaming', False]:.2f}x",
+            f"{t['dense', True] / t['dense', False]:.2f}x",
+        ]
+        cells += [f"{quiet:.2f}x", f"{busy:.2f}x", f"{100 * busy / quiet:.0f}%"]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _compile_table(args: argparse.Namespace) -> str:
+    """Compiled against eager, fresh processes, interleaved."""
+    head = ["task", "engine", "eager (s)", "compiled (s)", "compiled / eager", "first compiled call (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for task in ("loss", "step"):
+        for engine in args.compile_engines.split(","):
+            results: dict[str, list[dict]] = {"eager": [], "compiled": []}
+            errors: dict[str, str] = {}
+            for repeat in range(args.repeats):
+                for mode in ("eager", "compiled")[:: 1 if repeat % 2 == 0 else -1]:
+                    argv = ["--compile-worker", "--task", task, "--mode", mode, "--engine", engine]
+                    argv += ["--size", str(args.compile_size), "--channels", str(args.compile_channels)]
+                    argv += ["--threads", str(args.threads), "--steps", str(args.steps)]
+                    outcome = _run_child(argv, args, {}, False)
+                    if isinstance(outcome, str):
+                        errors[mode] = outcome
+                    else:
+                        results[mode].append(outcome)
+            cells = [f"{task} (S = {args.compile_size}, C = {args.compile_channels})", engine]
+            for mode in ("eager", "compiled"):
+                values = [r["median"] for r in results[mode]]
+                cells.append(_fmt_spread(values) if values else errors.get(mode, "-"))
+            if results["eager"] and results["compiled"]:
+                ratio = statistics.median(r["median"] for r in results["compiled"]) / statistics.median(
+                    r["median"] for r in results["eager"]
+                )
+                cells.append(f"{ratio:.2f}")
+                cells.append(_fmt_spread([r["first"] for r in results["compiled"]]))
+            else:
+                cells += ["-", "-"]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -206,73 +435,77 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="32,64,96,128,192,256", help="comma-separated S (N = M = S*S)")
     parser.add_argument("--channels", default="64,256", help="comma-separated C")
-    parser.add_argument("--extra", default="384:64", help="extra S:C points, streaming only (comma-separated)")
-    parser.add_argument(
-        "--engines",
-        default="streaming,dense",
-        help="engines to run: streaming, dense, and eager (streaming without its native strip kernels)",
-    )
-    parser.add_argument("--repeats", type=int, default=3, help="runs per point and engine (median)")
-    parser.add_argument("--point-seconds", type=float, default=150.0, help="no further runs of an engine after this")
+    parser.add_argument("--extra", default="384:64", help="extra S:C cosine points, streaming only")
+    parser.add_argument("--l1", default="64:64,96:64", help="S:C points with the L1 distance (entries/s)")
+    parser.add_argument("--engines", default="streaming,dense", help="streaming, dense, eager, base (--compare-src)")
+    parser.add_argument("--compare-src", default=None, help="another source tree: engine 'base' runs it")
+    parser.add_argument("--load", default="quiet", choices=["quiet", "busy", "both"], help="competing busy loop")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per point, engine and load (median)")
+    parser.add_argument("--retries", type=int, default=2, help="reruns of a run whose matmul rate drifts > 10%%")
+    parser.add_argument("--point-seconds", type=float, default=300.0, help="no further runs of an engine after this")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument(
-        "--omp-wait-policy",
-        default="PASSIVE",
-        choices=["PASSIVE", "ACTIVE", "default"],
-        help="OMP_WAIT_POLICY of the runs (both engines): PASSIVE keeps idle OpenMP threads from "
-        "spinning, which on a shared machine otherwise costs a scheduler time slice per parallel operation",
-    )
+    parser.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE", "default"])
     parser.add_argument("--memory-budget", type=int, default=None, help="streaming workspace in bytes")
     parser.add_argument("--max-dense-gib", type=float, default=16.0, help="skip dense points needing more")
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per point")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
+    parser.add_argument("--compile", action="store_true", help="only the compiled-vs-eager table")
+    parser.add_argument("--compile-size", type=int, default=32, help="S of the compile comparison")
+    parser.add_argument("--compile-channels", type=int, default=64, help="C of the compile comparison")
+    parser.add_argument("--compile-engines", default="dense,streaming", help="engines of the compile comparison")
+    parser.add_argument("--steps", type=int, default=10, help="timed calls per compile-comparison run")
     parser.add_argument("--output", type=Path, default=None, help="also write the markdown here")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--matmul", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--engine", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    for hidden in ("--worker", "--compile-worker"):
+        parser.add_argument(hidden, action="store_true", help=argparse.SUPPRESS)
+    for hidden in ("--size", "--engine", "--distance", "--task", "--mode"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.engines and "base" in args.engines.split(",") and not args.compare_src:
+        parser.error("engine 'base' needs --compare-src")
+    return args
+
+
+def _header(args: argparse.Namespace, points: list[dict]) -> list[str]:
+    import torch
+
+    kernels = sorted({r["kernels"] for p in points for runs in p["runs"].values() for r in runs})
+    return [
+        f"Batch 1, float32, {args.threads} threads (OMP_WAIT_POLICY={args.omp_wait_policy}), median [min, max] of "
+        f"{args.repeats} runs (fresh processes, engines interleaved); torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; load average (1 min) "
+        f"{os.getloadavg()[0]:.1f} at the end.",
+        f"Strip kernels: {'; '.join(kernels) or '-'}.",
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
-    if args.worker:
-        args.channels = int(args.channels)
-        _worker(args)
+    if args.worker or args.compile_worker:
+        args.size, args.channels = int(args.size), int(args.channels)
+        args.distance = args.distance or "cosine"
+        (_worker if args.worker else _compile_worker)(args)
         return
-    if args.matmul:
-        _matmul_worker(args)
-        return
-    engines = args.engines.split(",")
-    points = [(int(s), int(c), engines) for c in args.channels.split(",") for s in args.sizes.split(",")]
-    points += [(int(p.split(":")[0]), int(p.split(":")[1]), ["streaming"]) for p in args.extra.split(",") if p]
-    matmul = ["--matmul", "--threads", str(args.threads)]
-    loads = [os.getloadavg()[0]]
-    rates = [_run_child(matmul, 600, args.omp_wait_policy)["gflops"]]
-    rows = []
-    for size, channels, point_engines in points:
-        row = {"size": size, "channels": channels, "streaming": "-", "dense": "-", "eager": "-"}
-        row.update(_point(args, size, channels, point_engines))
-        print(f"S={size} C={channels}: {row}", file=sys.stderr, flush=True)
-        rows.append(row)
-    rates.append(_run_child(matmul, 600, args.omp_wait_policy)["gflops"])
-    loads.append(os.getloadavg()[0])
-    rate = max(rates)
-    statuses = {row["streaming"]["native"] for row in rows if isinstance(row["streaming"], dict)}
-    import torch
-
-    report = "\n".join(
-        [
-            f"Batch 1, float32, cosine, {args.threads} threads (OMP_WAIT_POLICY={args.omp_wait_policy}), "
-            f"median of up to {args.repeats} runs (fresh processes); "
-            f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs.",
-            f"float32 matmul rate (2048^3): {rates[0]:.1f} GFLOP/s before, {rates[1]:.1f} after; "
-            f"the % column uses {rate:.1f}. Load average (1 min): {loads[0]:.1f} at the start, "
-            f"{loads[1]:.1f} at the end.",
-            f"Native strip kernels of the streaming runs: {'; '.join(sorted(statuses)) or '-'}.",
-            "",
-            _table(rows, rate),
-        ]
-    )
+    if args.compile:
+        report = _compile_table(args)
+    else:
+        engines = args.engines.split(",")
+        loads = {"quiet": [False], "busy": [True], "both": [False, True]}[args.load]
+        cosine = [(int(s), int(c), engines) for c in args.channels.split(",") for s in args.sizes.split(",") if s]
+        cosine += [(int(p.split(":")[0]), int(p.split(":")[1]), ["streaming"]) for p in args.extra.split(",") if p]
+        points = []
+        for size, channels, point_engines in cosine:
+            points.append(_point(args, size, channels, point_engines, "cosine"))
+            print(f"cosine S={size} C={channels} done", file=sys.stderr, flush=True)
+        l1_points = []
+        for spec in filter(None, args.l1.split(",")):
+            size, channels = (int(v) for v in spec.split(":"))
+            l1_points.append(_point(args, size, channels, ["streaming", "dense"], "l1"))
+            print(f"l1 S={size} C={channels} done", file=sys.stderr, flush=True)
+        parts = [*_header(args, points + l1_points), "", _gemm_table(points, engines, loads)]
+        if l1_points:
+            parts += ["", "L1 distance (no GEMM): distance entries N M per second.", "", _l1_table(l1_points, loads)]
+        if args.load == "both":
+            parts += ["", "Under one competing busy loop (fwd+bwd medians):", "", _load_summary(points)]
+        report = "\n".join(parts)
     print(report)
     if args.output is not None:
         args.output.write_text(report + "\n")

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import _common
 import torch
 
-from contextual_loss.analysis import gaussian_kl, spearman
+from contextual_loss.demo.statistics import gaussian_kl, spearman
 from contextual_loss.functional import contextual_loss
 
 DIMS = (1, 2, 5)

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 import _common
 import torch
 
+from contextual_loss.demo.images import texture
 from contextual_loss.features import extract_patches
 from contextual_loss.functional import contextual_similarity
-from contextual_loss.synthetic import texture
 
 LOSS_TYPES = ("cosine", "l1", "l2")
 BAND_WIDTH = 0.5

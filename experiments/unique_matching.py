@@ -22,10 +22,10 @@ import _common
 import torch
 
 from contextual_loss import maths
-from contextual_loss.analysis import distinct_match_fraction, unique_match_fraction
+from contextual_loss.demo.images import periodic_pattern, texture
+from contextual_loss.demo.statistics import distinct_match_fraction, unique_match_fraction
 from contextual_loss.features import extract_patches
 from contextual_loss.functional import contextual_match
-from contextual_loss.synthetic import periodic_pattern, texture
 
 PERIOD, NOISE, PATCH, BAND_WIDTH = 8, 0.02, 5, 0.5
 SHIFTS = (0, 1, 2)
@@ -70,13 +70,13 @@ def measure(size: int, shift: int, noise: float, kwargs: dict, periodic: bool = 
     prediction, target = _pair(size, shift, noise, periodic)
     match = contextual_match(features(prediction), features(target), BAND_WIDTH, **kwargs)
     side = size - PATCH + 1
-    unique = unique_match_fraction(match.index)[0]
+    unique = unique_match_fraction(match.prediction_index)[0]
     strip = torch.arange(side).expand(side, side) < shift  # targets whose true source left the image
-    flags = _unique_flags(match.index[0]).view(side, side)
+    flags = _unique_flags(match.prediction_index[0]).view(side, side)
     return {
         "unique": float(unique),
-        "distinct": float(distinct_match_fraction(match.index)[0]),
-        "correct": _correct_fraction(match.index[0], side, shift),
+        "distinct": float(distinct_match_fraction(match.prediction_index)[0]),
+        "correct": _correct_fraction(match.prediction_index[0], side, shift),
         "shared_outside_strip": float((~flags & ~strip).double().mean()),
     }
 

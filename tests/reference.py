@@ -1,4 +1,4 @@
-"""A literal, independent transcription of DEFINITION.md for tests (float64, exp form, no log space).
+"""A literal, independent transcription of docs/definition.md for tests (float64, exp form, no log space).
 
 It follows the definition step by step (centre, distance, relative distance, exp, normalise,
 max over the prediction, mean over the target) with none of the library's code, so agreement
@@ -27,7 +27,7 @@ def naive_distance(x: Tensor, y: Tensor, loss_type: str, mu: Tensor | None = Non
 
 
 def naive_cx_from_distance(d: Tensor, h: float, eps: float = 1e-5) -> Tensor:
-    """Steps 3-6 of DEFINITION.md on a (N, M) distance matrix; returns CX(X, Y)."""
+    """CX(X, Y) from (N, M) distances: relative distance, softmax over j, max over i, mean over j."""
     d_tilde = d / (d.min(dim=1, keepdim=True).values + eps)
     w = torch.exp((1 - d_tilde) / h)
     cx = w / w.sum(dim=1, keepdim=True)
@@ -41,7 +41,7 @@ def naive_cx(x: Tensor, y: Tensor, h: float, loss_type: str = "cosine", eps: flo
 
 
 def naive_positions(height: int, width: int) -> Tensor:
-    """Pixel centres scaled by 1 / max(H, W), row-major (DEFINITION.md, CoBi)."""
+    """Pixel centres scaled by 1 / max(H, W), row-major (CoBi in docs/definition.md)."""
     r, c = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     return torch.stack([r.flatten() + 0.5, c.flatten() + 0.5], 1).double() / max(height, width)
 

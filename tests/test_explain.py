@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
+from contextual_loss.demo.images import texture
+from contextual_loss.demo.seed_example import SEED_CX, seed_images
 from contextual_loss.explain import MATRIX_LIMIT, explain_match
 from contextual_loss.features import extract_patches
 from contextual_loss.functional import contextual_bilateral_loss, contextual_similarity
-from contextual_loss.synthetic import SEED_CX, seed_images, texture
 
 
 def _distinct_features(height: int, width: int, channels: int = 6, seed: int = 0) -> torch.Tensor:
@@ -71,7 +72,7 @@ def test_seed_example_matrices() -> None:
 def test_cobi_matches(form: str) -> None:
     x, y = _distinct_features(4, 4, seed=4), _distinct_features(4, 4, seed=5)
     result = explain_match(x, y, weight_sp=0.3, form=form)
-    expected = contextual_bilateral_loss(x, y, 0.3, form=form)
+    expected = contextual_bilateral_loss(x, y, 0.3, 0.5, form=form)
     assert -math.log(result.cx) == pytest.approx(float(expected), rel=1e-10)
     assert result.cx_matrix is not None
     torch.testing.assert_close(result.cx_matrix.max(dim=0).values.view(4, 4), result.similarity)

@@ -6,20 +6,17 @@ import math
 
 import pytest
 import torch
+from tests.helpers import rand
 
 from contextual_loss.functional import contextual_bilateral_loss, contextual_loss, contextual_similarity
 
 LOSS_TYPES = ("cosine", "l1", "l2")
 
 
-def _rand(*shape, seed=0, dtype=torch.float32):
-    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 @pytest.mark.parametrize("band_width", [0.01, 0.001])
 def test_tiny_band_width_gives_finite_values_and_gradients(loss_type, band_width):
-    x, y = _rand(2, 8, 6, 6, seed=1).requires_grad_(), _rand(2, 8, 6, 6, seed=2)
+    x, y = rand(2, 8, 6, 6, seed=1).requires_grad_(), rand(2, 8, 6, 6, seed=2)
     loss = contextual_loss(x, y, band_width=band_width, loss_type=loss_type)
     loss.backward()
     assert torch.isfinite(loss) and 0 <= float(loss.detach()) <= math.log(36)
@@ -30,7 +27,7 @@ def test_tiny_band_width_gives_finite_values_and_gradients(loss_type, band_width
 @pytest.mark.parametrize("band_width", [0.5, 0.01, 0.001])
 def test_identical_inputs_give_zero_loss_and_zero_gradient(loss_type, band_width):
     # The exp form gives NaN here for h <= 0.01 in float32 (exp(1 / h) overflows).
-    x = _rand(2, 8, 6, 6, seed=3).requires_grad_()
+    x = rand(2, 8, 6, 6, seed=3).requires_grad_()
     loss = contextual_loss(x, x.detach(), band_width=band_width, loss_type=loss_type)
     loss.backward()
     assert float(loss.detach()) == 0.0
@@ -40,7 +37,7 @@ def test_identical_inputs_give_zero_loss_and_zero_gradient(loss_type, band_width
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_half_precision_inputs_are_finite_and_close_to_float32(dtype, loss_type):
-    x, y = _rand(2, 16, 8, 8, seed=4), _rand(2, 16, 8, 8, seed=5)
+    x, y = rand(2, 16, 8, 8, seed=4), rand(2, 16, 8, 8, seed=5)
     ref = contextual_loss(x, y, loss_type=loss_type, reduction="none")
     xh = x.to(dtype).requires_grad_()
     got = contextual_loss(xh, y.to(dtype), loss_type=loss_type, reduction="none")
@@ -52,13 +49,13 @@ def test_half_precision_inputs_are_finite_and_close_to_float32(dtype, loss_type)
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_identical_half_inputs_give_zero_not_nan(dtype):
-    x = _rand(1, 16, 8, 8, seed=6).to(dtype)
+    x = rand(1, 16, 8, 8, seed=6).to(dtype)
     assert float(contextual_loss(x, x)) == 0.0
     assert float(contextual_bilateral_loss(x, x)) == 0.0
 
 
 def test_autocast_on_cpu_computes_in_float32():
-    x, y = _rand(2, 16, 8, 8, seed=7), _rand(2, 16, 8, 8, seed=8)
+    x, y = rand(2, 16, 8, 8, seed=7), rand(2, 16, 8, 8, seed=8)
     ref = contextual_loss(x, y)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = contextual_loss(x, y)
@@ -79,7 +76,7 @@ def test_constant_images_give_a_defined_loss_and_zero_gradient():
 
 
 def test_constant_target_with_varied_prediction_is_finite():
-    x = _rand(1, 3, 4, 4, seed=9).requires_grad_()
+    x = rand(1, 3, 4, 4, seed=9).requires_grad_()
     y = torch.full((1, 3, 4, 4), 0.5, requires_grad=True)
     loss = contextual_loss(x, y)
     loss.backward()
@@ -87,8 +84,8 @@ def test_constant_target_with_varied_prediction_is_finite():
 
 
 def test_prediction_vector_equal_to_target_mean_is_finite():
-    y = _rand(1, 3, 4, 4, seed=10, dtype=torch.float64)
-    x = _rand(1, 3, 4, 4, seed=11, dtype=torch.float64)
+    y = rand(1, 3, 4, 4, seed=10, dtype=torch.float64)
+    x = rand(1, 3, 4, 4, seed=11, dtype=torch.float64)
     x[0, :, 0, 0] = y.mean(dim=(2, 3))[0]
     x.requires_grad_()
     contextual_loss(x, y).backward()
@@ -97,7 +94,7 @@ def test_prediction_vector_equal_to_target_mean_is_finite():
 
 def test_similarity_is_never_above_one_nor_loss_negative():
     for seed in range(5):
-        x, y = _rand(1, 4, 5, 5, seed=20 + seed), _rand(1, 4, 5, 5, seed=40 + seed)
+        x, y = rand(1, 4, 5, 5, seed=20 + seed), rand(1, 4, 5, 5, seed=40 + seed)
         for bw in (1e-3, 0.1, 2.0):
             assert float(contextual_loss(x, y, band_width=bw)) >= 0.0
             assert float(contextual_similarity(x, y, band_width=bw)) <= 1.0
@@ -110,16 +107,16 @@ def _gradcheck(fn, *inputs):
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 @pytest.mark.parametrize("center", ["image", "batch"])
 def test_gradcheck_contextual_loss(loss_type, center):
-    x = _rand(2, 3, 3, 4, seed=12, dtype=torch.float64).requires_grad_()
-    y = _rand(2, 3, 4, 3, seed=13, dtype=torch.float64).requires_grad_()
+    x = rand(2, 3, 3, 4, seed=12, dtype=torch.float64).requires_grad_()
+    y = rand(2, 3, 4, 3, seed=13, dtype=torch.float64).requires_grad_()
     assert _gradcheck(lambda a, b: contextual_loss(a, b, 0.3, loss_type, center=center, reduction="none"), x, y)
 
 
 @pytest.mark.parametrize("form", ["paper", "released"])
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_gradcheck_bilateral_loss(form, loss_type):
-    x = _rand(2, 3, 3, 4, seed=14, dtype=torch.float64).requires_grad_()
-    y = _rand(2, 3, 3, 4, seed=15, dtype=torch.float64).requires_grad_()
+    x = rand(2, 3, 3, 4, seed=14, dtype=torch.float64).requires_grad_()
+    y = rand(2, 3, 3, 4, seed=15, dtype=torch.float64).requires_grad_()
     fn = lambda a, b: contextual_bilateral_loss(a, b, 0.3, 0.4, loss_type, form=form, reduction="none")  # noqa: E731
     assert _gradcheck(fn, x, y)
 
@@ -128,7 +125,7 @@ def test_gradcheck_bilateral_loss(form, loss_type):
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_inputs_raise(bad, where):
     # First, middle and last elements of a tensor large enough for vectorised, multi-threaded reductions.
-    x, y = _rand(2, 3, 20, 20, seed=16), _rand(2, 3, 20, 20, seed=17)
+    x, y = rand(2, 3, 20, 20, seed=16), rand(2, 3, 20, 20, seed=17)
     x[where] = bad
     with pytest.raises(ValueError, match="x contains NaN or infinite"):
         contextual_loss(x, y)

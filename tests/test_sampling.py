@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.helpers import rand64
 
 from contextual_loss.functional import contextual_bilateral_loss, contextual_loss
-from contextual_loss.sampling import sample_indices, sample_sets
+from contextual_loss.sampling import sample_indices, sample_positions, sample_sets
 
 
 def _indexed_set(count: int, offset: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,3 +98,27 @@ def test_different_map_sizes_are_sampled_independently_and_reproducibly() -> Non
 def test_bad_max_points_raise(bad, error) -> None:
     with pytest.raises(error, match="max_points must be"):
         contextual_loss(torch.rand(1, 3, 4, 4), torch.rand(1, 3, 4, 4), max_points=bad)
+
+
+def test_sampling_only_the_target_keeps_every_prediction_vector() -> None:
+    x, y = rand64(1, 4, 10, 10, seed=40), rand64(1, 4, 10, 10, seed=41)
+    sampled = contextual_loss(x, y, max_points=30, sample="target", generator=_gen(6), reduction="none")
+    # CX ignores positions: the same 30 target vectors as a 1 x 30 map give the same value.
+    index = sample_indices(100, 30, generator=_gen(6))
+    subset = y.flatten(2)[..., index].unsqueeze(2)
+    torch.testing.assert_close(sampled, contextual_loss(x, subset, reduction="none"), rtol=1e-12, atol=1e-12)
+    assert float(contextual_loss(x, x, max_points=30, sample="target", generator=_gen(7))) < 1e-9
+    # A shifted copy keeps its true matches (every prediction vector is there): a small loss.
+    shifted = torch.roll(x, 1, dims=-1)
+    both = contextual_loss(shifted, x, max_points=30, generator=_gen(8))
+    target = contextual_loss(shifted, x, max_points=30, sample="target", generator=_gen(8))
+    assert float(target) < float(both)
+
+
+def test_sampling_only_the_target_for_cobi_keeps_the_positions() -> None:
+    x = rand64(1, 3, 8, 8, seed=42)
+    assert float(contextual_bilateral_loss(x, x, 0.5, max_points=20, sample="target", generator=_gen(9))) < 1e-9
+    idx_x, idx_y = sample_positions(64, 64, 20, shared=True, generator=_gen(9), sample="target")
+    assert idx_x is None and idx_y is not None and idx_y.shape == (20,)
+    with pytest.raises(ValueError, match=r"sample must be one of \('both', 'target'\), got 'prediction'"):
+        contextual_loss(x, x, max_points=20, sample="prediction")

@@ -10,14 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from contextual_loss.analysis import misalignment_study
+from contextual_loss.demo.seed_example import seed_images
 from contextual_loss.explain import explain_match
-from contextual_loss.synthetic import seed_images
 from contextual_loss.viz import (
     MissingExtraError,
     displacement_to_rgb,
     plot_explanation,
-    plot_misalignment,
     require_matplotlib,
     save_figure,
 )
@@ -46,15 +44,6 @@ def test_plot_explanation_with_and_without_matrices(tmp_path: Path) -> None:
     large = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(0))
     figure = plot_explanation(explain_match(large, large.flip(-1), matrices=False))
     assert len([ax for ax in figure.axes if ax.get_title()]) == 2  # no images given, no matrices
-
-
-def test_plot_misalignment(tmp_path: Path) -> None:
-    study = misalignment_study(size=12, patch_size=3, shifts=(0, 1), angle=3.0)
-    figure = plot_misalignment(study)
-    lines = [line for ax in figure.axes for line in ax.get_lines() if line.get_label() == "L1 (pixels)"]
-    assert len(lines) == 1
-    np.testing.assert_allclose(lines[0].get_ydata(), [row.l1_fraction for row in study.rows[:2]])
-    save_figure(figure, tmp_path / "m.png")
 
 
 def test_missing_matplotlib_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,21 +21,23 @@ Examples:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from contextual_loss import maths
-from contextual_loss._validation import check_feature_pair
-from contextual_loss.engine.dense import dense_log_cx_matrix
-from contextual_loss.engine.types import SpatialTerm
-from contextual_loss.functional import contextual_match
+from contextual_loss._pipeline import PreparedSets, evaluate_prepared, full_precision, prepare
+from contextual_loss.options import DEFAULTS, Center, CoBiForm, ContextualOptions, Distance, Sample
 
-__all__ = ["MATRIX_LIMIT", "MatchExplanation", "explain_match"]
+__all__ = ["MATRIX_LIMIT", "Duplicates", "MatchExplanation", "explain_match", "target_duplicates"]
 
 #: ``explain_match(matrices=None)`` returns the N x M matrices when N * M is at most this.
 MATRIX_LIMIT = 4096
+
+#: The options an explanation records in ``settings``.
+_SETTINGS = ("band_width", "loss_type", "weight_sp", "form", "eps", "center", "max_points", "sample")
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,19 @@ class MatchExplanation:
         prediction_shape: (H, W) of the prediction map.
         relative_distance: (N, M) relative distances d~_ij (prediction i, target j), or ``None``.
         cx_matrix: (N, M) CX_ij, or ``None``.
-        settings: the options used (band_width, loss_type, weight_sp, form, eps, center).
+        settings: the options used (band_width, loss_type, weight_sp, form, eps, center, max_points).
+        sampled: (H', W') bool, the target cells compared when positions are sampled
+            (``max_points``), or ``None`` when every cell is. At the other cells ``index`` and
+            ``source`` are -1, ``displacement`` and ``similarity`` NaN, ``unique`` False.
+        duplicates: the exact duplicates among the compared target vectors and the cap they put
+            on CX (:class:`Duplicates`).
+
+    Examples:
+        >>> import torch
+        >>> x = torch.rand(1, 3, 5, 5)
+        >>> e = explain_match(x, x, loss_type="l1")
+        >>> e.cx, e.unique_fraction, e.target_shape, e.displacement.abs().max().item()
+        (1.0, 1.0, (5, 5), 0.0)
 
     """
 
@@ -70,16 +84,105 @@ class MatchExplanation:
     relative_distance: Tensor | None = field(default=None, repr=False)
     cx_matrix: Tensor | None = field(default=None, repr=False)
     settings: dict[str, object] = field(default_factory=dict)
+    sampled: Tensor | None = field(default=None, repr=False)
+    duplicates: Duplicates | None = None
 
     @property
     def unique_fraction(self) -> float:
-        """Fraction of target positions whose match is exclusive (one-to-one)."""
-        return float(self.unique.double().mean())
+        """Fraction of the compared target positions whose match is exclusive (one-to-one)."""
+        unique = self.unique if self.sampled is None else self.unique[self.sampled]
+        return float(unique.double().mean())
+
+    @property
+    def compared(self) -> int:
+        """How many target positions were compared (all of them unless positions are sampled)."""
+        return self.index.numel() if self.sampled is None else int(self.sampled.sum())
 
     @property
     def target_shape(self) -> tuple[int, int]:
         """(H', W') of the target map."""
         return (int(self.index.shape[0]), int(self.index.shape[1]))
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    r"""Exact duplicates among a target's feature vectors, and the cap they put on CX.
+
+    Target vectors at distance 0 from each other share their similarity: for every prediction,
+    :math:`\max_i CX_{ij} \le 1 / K_j`, where :math:`K_j` is the size of :math:`y_j`'s group of
+    identical vectors (docs/definition.md, section 6.3, (13)), so
+
+    .. math::
+
+        CX(X, Y) \le \frac{1}{M} \sum_j \frac{1}{K_j} = \frac{D}{M}, \qquad
+        -\log CX(X, Y) \ge \log \frac{M}{D},
+
+    with D the number of distinct vectors; CX(X, X) reaches the cap when the distinct vectors
+    are far apart compared with h * eps. Only bitwise-equal vectors are counted: with the cosine
+    distance collinear centred vectors are at distance 0 too, and can lower CX further, so
+    :attr:`cap` is an upper bound for every distance.
+
+    Attributes:
+        features: M, the number of target vectors.
+        duplicated: how many of them have at least one exact duplicate.
+        groups: D, the number of distinct vectors.
+
+    Examples:
+        >>> found = Duplicates(features=16, duplicated=4, groups=13)
+        >>> found.cap, round(found.loss_floor, 4)
+        (0.8125, 0.2076)
+
+    """
+
+    features: int
+    duplicated: int
+    groups: int
+
+    @property
+    def cap(self) -> float:
+        """D / M: no prediction reaches a higher CX against this target (1.0 without duplicates)."""
+        return self.groups / self.features
+
+    @property
+    def loss_floor(self) -> float:
+        """log(M / D): no prediction reaches a lower CX loss against this target (0 without duplicates)."""
+        return math.log(self.features / self.groups)
+
+
+def target_duplicates(y: Tensor) -> Duplicates:
+    """Count the exact duplicates among the feature vectors of one target map.
+
+    Args:
+        y: target features (1, C, H, W) or (C, H, W): H * W vectors of C values.
+
+    Returns:
+        A :class:`Duplicates` with the number of vectors, of those with an exact duplicate, of
+        distinct vectors, and the cap on CX they imply.
+
+    Raises:
+        TypeError: ``y`` is not a tensor.
+        ValueError: ``y`` is not one (C, H, W) map, or it is empty.
+
+    Examples:
+        >>> import torch
+        >>> from contextual_loss.explain import target_duplicates
+        >>> y = torch.rand(1, 3, 4, 4)
+        >>> y[..., 0, :] = 0.5  # a flat row: 4 identical pixels
+        >>> found = target_duplicates(y)
+        >>> found.features, found.duplicated, found.groups, found.cap
+        (16, 4, 13, 0.8125)
+
+    """
+    if not isinstance(y, Tensor):
+        raise TypeError(f"y must be a torch.Tensor of shape (1, C, H, W) or (C, H, W), got {type(y).__name__}")
+    y = _as_single("y", y)
+    if y.ndim != 4 or y.numel() == 0:
+        raise ValueError(f"y must be one non-empty feature map, (1, C, H, W) or (C, H, W), got {tuple(y.shape)}")
+    vectors = y[0].flatten(1).T  # (M, C)
+    _, inverse, counts = torch.unique(vectors, dim=0, return_inverse=True, return_counts=True)
+    return Duplicates(
+        features=int(vectors.shape[0]), duplicated=int((counts[inverse] > 1).sum()), groups=int(counts.numel())
+    )
 
 
 def _as_single(name: str, value: Tensor) -> Tensor:
@@ -90,47 +193,57 @@ def _as_single(name: str, value: Tensor) -> Tensor:
     return value
 
 
-def _matrices(
-    x: Tensor, y: Tensor, *, band_width: float, loss_type: str, eps: float, center: str, spatial: SpatialTerm | None
-) -> tuple[Tensor, Tensor]:
-    """d~_ij and CX_ij in float64 from the definition's building blocks (small sets only)."""
-    xs = x.double().flatten(2).transpose(1, 2)
-    ys = y.double().flatten(2).transpose(1, 2)
-    xs, ys = maths.prepare_features(xs, ys, loss_type, center)  # type: ignore[arg-type]
-    d = maths.feature_distance(xs, ys, loss_type)  # type: ignore[arg-type]
-    if spatial is not None and spatial.form == "paper":
-        d = d + spatial.weight * maths.spatial_distance(spatial.pos_x.double(), spatial.pos_y.double(), "paper")
-    spatial64 = None
-    if spatial is not None:
-        spatial64 = SpatialTerm(spatial.weight, spatial.form, spatial.pos_x.double(), spatial.pos_y.double())
-    log_cx = dense_log_cx_matrix(
-        xs,
-        ys,
-        loss_type=loss_type,
-        band_width=band_width,
-        eps=eps,
-        spatial=spatial64,  # type: ignore[arg-type]
-    )
-    return maths.relative_distance(d, eps)[0], log_cx[0].exp()
+def _matrices(sets: PreparedSets, options: ContextualOptions) -> tuple[Tensor, Tensor]:
+    """(N, M) d~_ij and CX_ij in float64 of sets prepared in float64: the definition's maths."""
+    with full_precision(sets.x.device):
+        d = maths.feature_distance(sets.x, sets.y, options.loss_type)
+        if sets.spatial is None:
+            log_cx = maths.log_cx_matrix(d, options.band_width, options.eps)
+        else:
+            weight, form = sets.spatial.weight, sets.spatial.form
+            d_spatial = maths.spatial_distance(sets.spatial.pos_x, sets.spatial.pos_y, form)
+            log_cx = maths.bilateral_log_cx_matrix(d, d_spatial, weight, form, options.band_width, options.eps)
+            if form == "paper":  # the relative distance of the combined distance the softmax sees
+                d = maths.bilateral_distance(d, d_spatial, weight)
+    return maths.relative_distance(d, options.eps)[0], log_cx[0].exp()
+
+
+def _replayable(generator: torch.Generator | None, options: ContextualOptions) -> torch.Generator | None:
+    """A generator whose draws can be repeated (for the float64 matrices): the caller's, or one seeded now."""
+    if options.max_points is None or generator is not None:
+        return generator
+    return torch.Generator().manual_seed(int(torch.randint(2**62, ())))  # from the global generator
+
+
+def _clone(generator: torch.Generator | None) -> torch.Generator | None:
+    if generator is None:
+        return None
+    return torch.Generator(device=generator.device).set_state(generator.get_state())
 
 
 def explain_match(
     x: Tensor,
     y: Tensor,
-    band_width: float = 0.5,
-    loss_type: str = "cosine",
+    band_width: float = DEFAULTS.band_width,
+    loss_type: Distance = DEFAULTS.loss_type,
     *,
-    weight_sp: float | None = None,
-    form: str = "paper",
-    eps: float = 1e-5,
-    center: str = "image",
+    weight_sp: float | None = DEFAULTS.weight_sp,
+    form: CoBiForm = DEFAULTS.form,
+    eps: float = DEFAULTS.eps,
+    center: Center = DEFAULTS.center,
+    max_points: int | None = DEFAULTS.max_points,
+    sample: Sample = DEFAULTS.sample,
+    generator: torch.Generator | None = None,
     matrices: bool | None = None,
 ) -> MatchExplanation:
     r"""Explain what the contextual loss matched between one prediction and one target feature map.
 
     For each target position j: the prediction position :math:`i^*(j) = \arg\max_i CX_{ij}`,
     the displacement from j to it, :math:`\max_i CX_{ij}`, and whether :math:`i^*(j)` is the
-    match of j alone. Arguments as in :func:`contextual_loss.functional.contextual_match`.
+    match of j alone; and how many target features have an exact duplicate, which caps CX
+    (:class:`Duplicates`). The values are those of the losses: ``explanation.cx`` is
+    ``contextual_similarity(x, y, ...)`` (with ``weight_sp``, CoBi's similarity) for the same
+    arguments and ``generator`` state.
 
     Args:
         x: prediction features (1, C, H, W) or (C, H, W).
@@ -141,8 +254,14 @@ def explain_match(
         form: CoBi form, ``"paper"`` or ``"released"``.
         eps: epsilon of the relative distance.
         center: ``"image"`` or ``"batch"`` (the same for one image).
-        matrices: also return the N x M matrices d~_ij and CX_ij; ``None`` (default) does so when
-            N * M <= :data:`MATRIX_LIMIT`.
+        max_points: if set, compare at most this many positions of each map, drawn at random as
+            the losses draw them; the other target positions are left out of the explanation
+            (``sampled`` marks the kept ones).
+        sample: which maps ``max_points`` samples, ``"both"`` or only the ``"target"`` (see
+            :func:`contextual_loss.functional.contextual_loss`).
+        generator: ``torch.Generator`` for the sampling draws.
+        matrices: also return the N x M matrices d~_ij and CX_ij (of the compared vectors);
+            ``None`` (default) does so when N * M <= :data:`MATRIX_LIMIT`.
 
     Returns:
         A :class:`MatchExplanation`.
@@ -151,43 +270,93 @@ def explain_match(
         ValueError, TypeError: as :func:`~contextual_loss.functional.contextual_match`, or a batch
             of more than one map.
 
+    Examples:
+        >>> import torch
+        >>> x = torch.rand(1, 3, 16, 16)
+        >>> e = explain_match(x, x, loss_type="l1", max_points=50, generator=torch.Generator().manual_seed(0))
+        >>> e.cx, int(e.sampled.sum()), e.duplicates.cap
+        (1.0, 50, 1.0)
+
     """
+    options = ContextualOptions.from_arguments(locals())
     x, y = _as_single("x", x), _as_single("y", y)
-    check_feature_pair(x, y)
-    result = contextual_match(x, y, band_width, loss_type, weight_sp=weight_sp, form=form, eps=eps, center=center)
-    (height_x, width_x), (height_y, width_y) = x.shape[-2:], y.shape[-2:]
-    index = result.index[0]
-    source = torch.stack((index // width_x, index % width_x), dim=-1).view(height_y, width_y, 2)
-    rows, cols = torch.meshgrid(torch.arange(height_y), torch.arange(width_y), indexing="ij")
-    # Pixel centres of the source, rescaled to the target grid, minus the target's own position.
-    scale = torch.tensor([height_y / height_x, width_y / width_x], dtype=torch.float64)
-    mapped = (source.cpu().double() + 0.5) * scale - 0.5
-    displacement = mapped - torch.stack((rows, cols), dim=-1).double()
-    unique_flags = _unique_flags(index)
-    want = matrices if matrices is not None else x.shape[-2] * x.shape[-1] * height_y * width_y <= MATRIX_LIMIT
-    rel = cx_mat = None
-    if want:
-        spatial = None
-        if weight_sp is not None:
-            pos_x = maths.grid_positions(height_x, width_x, form, device=x.device)  # type: ignore[arg-type]
-            pos_y = maths.grid_positions(height_y, width_y, form, device=y.device)  # type: ignore[arg-type]
-            spatial = SpatialTerm(float(weight_sp), form, pos_x, pos_y)  # type: ignore[arg-type]
-        rel, cx_mat = _matrices(
-            x, y, band_width=band_width, loss_type=loss_type, eps=eps, center=center, spatial=spatial
-        )
-    settings = {"band_width": band_width, "loss_type": loss_type, "weight_sp": weight_sp, "form": form, "eps": eps}
+    generator = _replayable(generator, options)
+    replay = _clone(generator)
+    sets = prepare(x, y, options, generator=generator)
+    result = evaluate_prepared(sets, options)
+    positions = _Positions(x.shape[-2:], y.shape[-2:], sets.index_x, sets.index_y)
+    index = positions.prediction(result.prediction_index[0])
+    want = matrices if matrices is not None else sets.x.shape[1] * sets.y.shape[1] <= MATRIX_LIMIT
+    rel, cx_mat = (None, None)
+    if want:  # the same vectors (the same draws), prepared in float64
+        rel, cx_mat = _matrices(prepare(x, y, options, generator=replay, dtype=torch.float64), options)
+    compared = torch.ones_like(index, dtype=torch.bool)
     return MatchExplanation(
         cx=float(result.log_similarity[0].exp()),
-        index=index.view(height_y, width_y).cpu(),
-        source=source.cpu(),
-        displacement=displacement,
-        similarity=result.similarity[0].view(height_y, width_y).detach().cpu(),
-        unique=unique_flags.view(height_y, width_y).cpu(),
-        prediction_shape=(int(height_x), int(width_x)),
+        index=positions.on_target_grid(index, -1).cpu(),
+        source=positions.source(index),
+        displacement=positions.displacement(index),
+        similarity=positions.on_target_grid(result.best[0].exp(), math.nan).cpu(),
+        unique=positions.on_target_grid(_unique_flags(index), False).cpu(),
+        prediction_shape=positions.prediction_shape,
         relative_distance=None if rel is None else rel.cpu(),
         cx_matrix=None if cx_mat is None else cx_mat.cpu(),
-        settings={**settings, "center": center},
+        settings={name: getattr(options, name) for name in _SETTINGS},
+        sampled=None if sets.index_y is None else positions.on_target_grid(compared, False).cpu(),
+        duplicates=target_duplicates(sets.y[0].T.unsqueeze(-1)),
     )
+
+
+class _Positions:
+    """Maps between the compared (possibly sampled) vectors and the cells of the two feature maps.
+
+    Args:
+        prediction_shape: (H, W) of the prediction map.
+        target_shape: (H', W') of the target map.
+        index_x: row-major cells of the compared prediction vectors, ``None`` for all.
+        index_y: the same for the target.
+
+    """
+
+    def __init__(
+        self, prediction_shape: torch.Size, target_shape: torch.Size, index_x: Tensor | None, index_y: Tensor | None
+    ) -> None:
+        self.prediction_shape = (int(prediction_shape[0]), int(prediction_shape[1]))
+        self.target_shape = (int(target_shape[0]), int(target_shape[1]))
+        self.index_x, self.index_y = index_x, index_y
+
+    def prediction(self, match: Tensor) -> Tensor:
+        """Row-major cells in the prediction map of the matches (indices into the compared prediction vectors)."""
+        return match if self.index_x is None else self.index_x[match]
+
+    def on_target_grid(self, values: Tensor, fill: float | bool) -> Tensor:
+        """(H', W'): one value per compared target vector at its cell, ``fill`` at cells not compared."""
+        if self.index_y is None:
+            return values.view(self.target_shape)
+        grid = torch.full(
+            (self.target_shape[0] * self.target_shape[1],), fill, dtype=values.dtype, device=values.device
+        )
+        grid[self.index_y] = values
+        return grid.view(self.target_shape)
+
+    def source(self, index: Tensor) -> Tensor:
+        """(H', W', 2) int64: the (row, col) of each target's match in the prediction map; -1 where not compared."""
+        width = self.prediction_shape[1]
+        rows_cols = torch.stack((index // width, index % width), dim=-1)
+        grid = torch.full((*self.target_shape, 2), -1, dtype=torch.int64)
+        flat = grid.view(-1, 2)
+        flat[slice(None) if self.index_y is None else self.index_y.cpu()] = rows_cols.cpu()
+        return grid
+
+    def displacement(self, index: Tensor) -> Tensor:
+        """(H', W', 2) float64: source minus target cell, in target cells; NaN where not compared."""
+        (height_x, width_x), (height_y, width_y) = self.prediction_shape, self.target_shape
+        source = self.source(index).double()
+        rows, cols = torch.meshgrid(torch.arange(height_y), torch.arange(width_y), indexing="ij")
+        # Pixel centres of the source, rescaled to the target grid, minus the target's own position.
+        scale = torch.tensor([height_y / height_x, width_y / width_x], dtype=torch.float64)
+        moved = (source + 0.5) * scale - 0.5 - torch.stack((rows, cols), dim=-1).double()
+        return moved.masked_fill(source < 0, math.nan)
 
 
 def _unique_flags(index: Tensor) -> Tensor:

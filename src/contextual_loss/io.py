@@ -60,7 +60,8 @@ def load_image(path: PathLike, *, mode: str = "RGB", max_side: int | None = None
         path: a PNG, JPEG or any other file Pillow can decode.
         mode: ``"RGB"`` (3 channels; grey images are repeated, alpha is dropped) or ``"L"`` (grey).
         max_side: if set, shrink the image (antialiased, aspect ratio kept) so that its longer
-            side is at most this many pixels; smaller images are left alone.
+            side is at most this many pixels; smaller images are left alone. Shrinking turns
+            integer shifts between two images into sub-pixel ones (see docs/cli.md).
 
     Returns:
         The image tensor.
@@ -70,9 +71,12 @@ def load_image(path: PathLike, *, mode: str = "RGB", max_side: int | None = None
         ValueError: unknown ``mode`` or ``max_side`` < 1.
 
     Examples:
-        >>> from contextual_loss.io import load_image  # doctest: +SKIP
-        >>> load_image("photo.png", max_side=128).shape  # doctest: +SKIP
-        torch.Size([1, 3, 96, 128])
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> file = Path(tempfile.mkdtemp()) / "photo.png"
+        >>> _ = save_image(torch.rand(1, 3, 96, 128), file)
+        >>> load_image(file).shape, load_image(file, max_side=64).shape
+        (torch.Size([1, 3, 96, 128]), torch.Size([1, 3, 48, 64]))
 
     """
     if mode not in ("RGB", "L"):
@@ -96,6 +100,22 @@ def resize_max_side(image: Tensor, max_side: int) -> Tensor:
     """Shrink a (B, C, H, W) image so that max(H, W) <= ``max_side``, keeping the aspect ratio.
 
     Uses antialiased bilinear interpolation; an image that already fits is returned unchanged.
+
+    Args:
+        image: (B, C, H, W), values in [0, 1].
+        max_side: the longest side allowed, >= 1.
+
+    Returns:
+        (B, C, H', W') with max(H', W') <= ``max_side``, values clamped to [0, 1].
+
+    Raises:
+        TypeError, ValueError: ``max_side`` is not an int >= 1.
+
+    Examples:
+        >>> import torch
+        >>> resize_max_side(torch.rand(1, 3, 100, 50), 40).shape
+        torch.Size([1, 3, 40, 20])
+
     """
     check_positive_int("max_side", max_side)
     height, width = image.shape[-2:]
@@ -109,10 +129,24 @@ def resize_max_side(image: Tensor, max_side: int) -> Tensor:
 def save_image(image: Tensor, path: PathLike) -> Path:
     """Write a (1, C, H, W) or (C, H, W) tensor with values in [0, 1] as an 8-bit image file.
 
-    The format follows the file name's ending (PNG recommended). Values are clamped to [0, 1].
+    The format follows the file name's ending (PNG recommended). Values are clamped to [0, 1]. An
+    existing file is overwritten.
+
+    Args:
+        image: (1, C, H, W) or (C, H, W) with C = 1 (grey) or 3 (RGB).
+        path: the file to write.
 
     Returns:
         The path written.
+
+    Raises:
+        ValueError: ``image`` holds more than one image or has another shape.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> save_image(torch.rand(3, 8, 8), Path(tempfile.mkdtemp()) / "noise.png").name
+        'noise.png'
 
     """
     if image.ndim == 4:
@@ -128,7 +162,29 @@ def save_image(image: Tensor, path: PathLike) -> Path:
 
 
 def find_images(folder: PathLike) -> list[Path]:
-    """The image files directly inside ``folder`` (by :data:`IMAGE_SUFFIXES`), sorted by name."""
+    """The image files directly inside ``folder`` (by :data:`IMAGE_SUFFIXES`), sorted by name.
+
+    Args:
+        folder: the folder to scan (not its sub-folders).
+
+    Returns:
+        The paths of its image files.
+
+    Raises:
+        ImageReadError: ``folder`` is not a folder.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> for name in ("b.png", "a.jpg"):
+        ...     _ = save_image(torch.rand(3, 4, 4), folder / name)
+        >>> (folder / "notes.txt").write_text("not an image")
+        12
+        >>> [path.name for path in find_images(folder)]
+        ['a.jpg', 'b.png']
+
+    """
     directory = Path(folder)
     if not directory.is_dir():
         raise ImageReadError(f"no such folder: {directory}")
@@ -143,6 +199,12 @@ class ImagePairs:
         pairs: (prediction, target) paths, sorted by the prediction's name.
         unpaired_predictions: prediction images without a target.
         unpaired_targets: target images without a prediction.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> found = ImagePairs([(Path("p/a.png"), Path("t/a.jpg"))], [], [Path("t/b.png")])
+        >>> [target.name for target in found.unpaired_targets]
+        ['b.png']
 
     """
 
@@ -166,8 +228,25 @@ def _index_by_stem(files: Sequence[Path], folder: Path) -> dict[str, Path]:
 def pair_images(prediction_folder: PathLike, target_folder: PathLike) -> ImagePairs:
     """Pair the images of two folders by file name without its ending (``a.png`` with ``a.jpg``).
 
+    Args:
+        prediction_folder: the folder of predictions.
+        target_folder: the folder of targets.
+
+    Returns:
+        An :class:`ImagePairs`: the pairs, and the images of either folder without a partner.
+
     Raises:
         ImageReadError: a folder is missing, or two images of one folder share a name.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> pred, target = Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp())
+        >>> for folder, name in ((pred, "a.png"), (target, "a.jpg"), (target, "b.png")):
+        ...     _ = save_image(torch.rand(3, 4, 4), folder / name)
+        >>> found = pair_images(pred, target)
+        >>> [(p.name, t.name) for p, t in found.pairs], [t.name for t in found.unpaired_targets]
+        ([('a.png', 'a.jpg')], ['b.png'])
 
     """
     pred_dir, target_dir = Path(prediction_folder), Path(target_folder)

@@ -2,8 +2,11 @@
 
 ``ContextualLoss`` and ``ContextualBilateralLoss`` keep the constructor signatures of
 contextual_loss_pytorch (``band_width``, ``loss_type``, ``use_vgg``, ``vgg_layer`` and, for CoBi,
-``weight_sp``), and every argument is used. The maths lives in :mod:`contextual_loss.functional`;
-the feature extractors in :mod:`contextual_loss.features`. ``layers=`` chooses the compared maps
+``weight_sp``), and every argument is used: the options go into one
+:class:`~contextual_loss.options.ContextualOptions` (``module.options``; ``module.band_width`` etc.
+read and write it), each compared layer runs the same computation as
+:func:`contextual_loss.functional.contextual_loss`, and the feature extractors come from
+:mod:`contextual_loss.features`. ``layers=`` chooses the compared maps
 and their weights (VGG19 layers, ``"patches"``), ``features=`` lets several losses share one
 extractor, and ``ContextualLoss.mechrez_recipe`` / ``ContextualBilateralLoss.zoom_recipe`` build
 the papers' settings in one line.
@@ -20,106 +23,160 @@ Examples:
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
 
-from contextual_loss import functional as CF
-from contextual_loss._validation import check_choice, check_nonnegative_number
-from contextual_loss.features.compose import LayersArg, select_features
+from contextual_loss._pipeline import per_image_loss, reduce_batch
+from contextual_loss._validation import check_choice, check_feature_pair, check_nonnegative_number
+from contextual_loss.features.compose import DEFAULT_VGG_LAYER, LayersArg, select_features
+from contextual_loss.features.patches import Padding
+from contextual_loss.features.vgg import Pooling
 from contextual_loss.features.weights import WeightsArg
+from contextual_loss.options import (
+    AUTO,
+    DEFAULT_WEIGHT_SP,
+    DEFAULTS,
+    LOSS_TYPES,
+    Center,
+    CoBiForm,
+    ContextualOptions,
+    Distance,
+    EngineName,
+    FeatureKind,
+    Reduction,
+    Sample,
+    check_reduction,
+    feature_defaults,
+)
 
 __all__ = ["ContextualBilateralLoss", "ContextualLoss"]
 
+#: The constructor arguments that choose the features (those of ``select_features``).
+_FEATURE_ARGUMENTS = tuple(inspect.signature(select_features).parameters)
+
+
+class _Option:
+    """A module attribute that is one field of the module's :class:`ContextualOptions`.
+
+    Reading it reads ``module.options``; assigning it replaces ``module.options`` by a validated
+    copy, so ``loss.band_width = 0.2`` works as before and bad values raise at once.
+    """
+
+    name: str
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, module: _ContextualModule | None, owner: type | None = None) -> Any:
+        if module is None:
+            return self
+        return getattr(module.options, self.name)
+
+    def __set__(self, module: _ContextualModule, value: Any) -> None:
+        arguments = {**dataclasses.asdict(module.options), self.name: value}
+        module.options = ContextualOptions.from_arguments(arguments, bilateral=module.options.is_bilateral)
+
 
 class _ContextualModule(nn.Module):
-    """Shared plumbing: argument checks, features, per-layer weighting and the batch reduction."""
+    """Shared by both losses: the options, the features, per-layer losses and their weighted sum.
 
-    def __init__(
-        self,
-        band_width: float,
-        loss_type: str,
-        use_vgg: bool,
-        vgg_layer: str,
-        *,
-        layers: LayersArg,
-        features: nn.Module | None,
-        weights: WeightsArg,
-        pooling: str,
-        input_range: tuple[float, float],
-        patch_size: int | None,
-        padding: str,
-        eps: float,
-        center: str,
-        reduction: str,
-        max_points: int | None,
-        engine: str = "auto",
-        memory_budget: int | None = None,
-    ) -> None:
+    Args:
+        arguments: the subclass constructor's arguments by name (its ``locals()``): the options
+            (see :class:`ContextualOptions`), ``reduction`` and the arguments of
+            :func:`~contextual_loss.features.compose.select_features`.
+        bilateral: the loss is CoBi (``weight_sp`` must be a number).
+
+    """
+
+    band_width = _Option()
+    loss_type = _Option()
+    eps = _Option()
+    center = _Option()
+    max_points = _Option()
+    sample = _Option()
+    engine = _Option()
+    memory_budget = _Option()
+
+    def __init__(self, arguments: Mapping[str, Any], *, bilateral: bool) -> None:
         super().__init__()
-        CF._check_options(band_width, loss_type, eps, center, max_points)
-        CF._check_engine(engine, memory_budget)
-        self.engine, self.memory_budget = engine, memory_budget
-        check_choice("reduction", reduction, CF.REDUCTIONS)
-        self.band_width = float(band_width)
-        self.loss_type = loss_type
-        self.eps = float(eps)
-        self.center = center
-        self.reduction = reduction
-        self.max_points = max_points
-        self.features, weights_by_layer = select_features(
-            layers=layers,
-            use_vgg=use_vgg,
-            vgg_layer=vgg_layer,
-            features=features,
-            patch_size=patch_size,
-            padding=padding,
-            weights=weights,
-            pooling=pooling,
-            input_range=input_range,
-        )
+        self.reduction: Reduction = check_reduction(arguments["reduction"])
+        self.features, weights_by_layer = select_features(**{name: arguments[name] for name in _FEATURE_ARGUMENTS})
         #: Layer name -> weight of its loss; ``None``: every map of ``features``, weight 1.
         self.layer_weights: dict[str, float] | None = weights_by_layer
+        #: ``"pixels"`` for patches of the image, ``"deep"`` otherwise: chooses the defaults of
+        #: ``loss_type="auto"`` and ``weight_sp=None`` (:func:`~contextual_loss.options.feature_defaults`).
+        only_patches = arguments["features"] is None and set(weights_by_layer or ()) == {"patches"}
+        self.feature_kind: FeatureKind = "pixels" if only_patches else "deep"
+        #: What is compared and how (validated); the attributes ``band_width``, ``loss_type``, ... read it.
+        self.options = ContextualOptions.from_arguments(self._resolve(arguments, bilateral), bilateral=bilateral)
 
-    def _layer_loss(self, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
-        raise NotImplementedError
-
-    def _common_kwargs(self, generator: torch.Generator | None) -> dict[str, Any]:
-        return {
-            "band_width": self.band_width,
-            "loss_type": self.loss_type,
-            "eps": self.eps,
-            "center": self.center,
-            "reduction": "none",
-            "max_points": self.max_points,
-            "generator": generator,
-            "engine": self.engine,
-            "memory_budget": self.memory_budget,
-        }
+    def _resolve(self, arguments: Mapping[str, Any], bilateral: bool) -> dict[str, Any]:
+        """The arguments with ``loss_type="auto"`` and CoBi's ``weight_sp=None`` replaced by the features' defaults."""
+        given = arguments["loss_type"]
+        auto = isinstance(given, str) and given == AUTO
+        if not auto:
+            check_choice("loss_type", given, (*LOSS_TYPES, AUTO))
+        defaults = feature_defaults(self.feature_kind, None if auto else given)
+        resolved = {**arguments, "loss_type": defaults.loss_type}
+        if bilateral and arguments["weight_sp"] is None:
+            resolved["weight_sp"] = defaults.weight_sp
+        return resolved
 
     def forward(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-        """Loss between prediction ``x`` and target ``y`` images (B, C, H, W).
+        """Loss between prediction ``x`` and target ``y`` images.
 
         Args:
-            x: prediction.
-            y: target; its H, W may differ from the prediction's.
+            x: prediction images (B, C, H, W), floating point (RGB in ``input_range`` for VGG19).
+            y: target images (B, C, H', W'); H', W' may differ from the prediction's.
             generator: ``torch.Generator`` for the position sampling (``max_points``).
 
         Returns:
-            The weighted sum over layers of the per-image losses, reduced over the batch.
+            The weighted sum over layers of the per-image losses, reduced over the batch: a
+            scalar for ``reduction="mean"`` or ``"sum"``, the (B,) per-image losses for
+            ``reduction="none"``.
+
+        Raises:
+            TypeError, ValueError: the images are not two non-empty floating-point tensors of
+                shape (B, C, H, W) with the same B and C on one device, or their features fail
+                the checks of :func:`contextual_loss.functional.contextual_loss`.
+
+        Examples:
+            >>> import torch
+            >>> loss = ContextualLoss(patch_size=3, reduction="none")
+            >>> loss(torch.rand(4, 3, 8, 8), torch.rand(4, 3, 8, 8)).shape
+            torch.Size([4])
 
         """
-        for name, value in (("x", x), ("y", y)):
-            if not isinstance(value, Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(value).__name__}")
+        return self.combine_layers(self.layer_losses(x, y, generator=generator))
+
+    def layer_losses(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Each compared layer's (B,) per-image loss, before weighting and reduction.
+
+        ``forward(x, y)`` is ``combine_layers(layer_losses(x, y))``; the two steps serve callers
+        that report the layers one by one (the command line does).
+
+        Raises:
+            TypeError, ValueError: the images are not two non-empty floating-point tensors of
+                shape (B, C, H, W) with the same B and C on one device, or a layer's features
+                fail the checks of :func:`contextual_loss.functional.contextual_loss`.
+
+        """
+        check_feature_pair(x, y)  # the images themselves, before any extractor sees them
         feats_x, feats_y = self.features(x), self.features(y)
-        total = sum(
-            weight * self._layer_loss(feats_x[name], feats_y[name], generator)
-            for name, weight in self._weights_for(feats_x).items()
-        )
-        return CF._reduce(total, self.reduction)  # type: ignore[arg-type]
+        return {
+            name: per_image_loss(feats_x[name], feats_y[name], self.options, generator=generator)
+            for name in self._weights_for(feats_x)
+        }
+
+    def combine_layers(self, losses: Mapping[str, Tensor]) -> Tensor:
+        """The weighted sum over layers of (B,) per-layer losses, reduced with ``reduction``."""
+        total = sum(weight * losses[name] for name, weight in self._weights_for(losses).items())
+        return reduce_batch(cast(Tensor, total), self.reduction)
 
     def _weights_for(self, maps: Mapping[str, Tensor]) -> dict[str, float]:
         if self.layer_weights is None:
@@ -140,13 +197,24 @@ class _ContextualModule(nn.Module):
 class ContextualLoss(_ContextualModule):
     """Contextual Loss (Mechrez et al., ECCV 2018) on images, through a feature extractor.
 
+    ``loss(prediction, target)`` extracts the features of both images (B, 3, H, W) and returns the
+    weighted sum over the compared layers of :func:`contextual_loss.functional.contextual_loss`,
+    reduced over the batch. The distance follows the features unless given: cosine for VGG19
+    layers and your own extractor (the papers, contextual_loss_pytorch), ``l2`` for patches of the
+    image (``patch_size=n``: identical photos give loss 0 and the loss grows with misalignment,
+    where cosine cannot tell flat patches apart, and it runs on a matrix product; docs/definition.md,
+    section 6.4). Without any
+    features argument the image itself is compared with cosine, as contextual_loss_pytorch's
+    ``use_vgg=False`` does; ``patch_size=1`` compares pixels with the ``l2`` distance.
+
     Args:
         band_width: h > 0 (0.5 in the paper's animation experiments, 0.1 for style transfer).
-        loss_type: ``"cosine"``, ``"l1"`` or ``"l2"``; see :func:`contextual_loss.functional.contextual_loss`.
+        loss_type: ``"cosine"``, ``"l1"`` or ``"l2"``, or ``"auto"`` (default): chosen by the
+            features as above (:func:`contextual_loss.options.feature_defaults`). ``loss.loss_type``
+            reads the distance in use.
         use_vgg: contextual_loss_pytorch's switch: ``use_vgg=True, vgg_layer=name`` is
             ``layers={name: 1.0}``.
         vgg_layer: the VGG19 layer used when ``use_vgg`` is true.
-        eps, center, reduction, max_points, engine, memory_budget: as in the functional form.
         layers: the feature maps to compare and the weight of each loss, summed: a name, a list of
             names (weight 1 each) or a dict such as ``{"relu3_2": 1.0, "relu4_2": 1.0}``. Names are
             VGG19 layers (``conv{b}_{k}`` before the ReLU, ``relu{b}_{k}`` after it, ``pool{b}``),
@@ -158,60 +226,58 @@ class ContextualLoss(_ContextualModule):
             dict, or ``None`` (random); see :mod:`contextual_loss.features.weights`.
         pooling: VGG19 pooling, ``"max"`` (torchvision) or ``"avg"`` (the papers' VGG).
         input_range: the (low, high) range of the images given to VGG19, (0, 1) by default.
-        patch_size: also compare the n x n patches of the image (layer ``"patches"``).
+        patch_size: compare the n x n patches of the image (layer ``"patches"``).
         padding: patch padding, ``"reflect"``, ``"zero"`` or ``"none"``.
+        eps, center, reduction, max_points, sample, engine, memory_budget: as in
+            :func:`contextual_loss.functional.contextual_loss`.
 
-    Without VGG layers, ``features`` or ``patch_size``, the image itself is the feature map.
+    Shapes:
+        ``forward(x, y)`` takes images (B, C, H, W) and (B, C, H', W') (C = 3 for VGG19) and
+        returns a scalar for ``reduction="mean"``/``"sum"``, the (B,) per-image losses for
+        ``"none"``.
+
+    Raises:
+        TypeError, ValueError: an invalid option (as the functional form), an unknown layer name,
+            options that contradict each other (e.g. ``weights`` without any VGG19 layer).
+        contextual_loss.features.WeightsNotFoundError: ``weights="imagenet"`` is neither cached
+            nor downloadable (the message says what to do).
 
     Examples:
         >>> import torch
-        >>> loss = ContextualLoss(layers={"relu1_2": 1.0, "relu2_2": 0.5}, weights=None)
+        >>> loss = ContextualLoss(patch_size=5)  # RGB patches: the l2 distance
+        >>> loss.loss_type
+        'l2'
         >>> pred, target = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
-        >>> loss(pred, target).shape
-        torch.Size([])
+        >>> loss(pred, target).shape, float(loss(target, target))
+        (torch.Size([]), 0.0)
+        >>> ContextualLoss(layers={"relu1_2": 1.0, "relu2_2": 0.5}, weights=None).loss_type  # VGG19: cosine
+        'cosine'
 
     """
 
     def __init__(
         self,
-        band_width: float = 0.5,
-        loss_type: str = "cosine",
+        band_width: float = DEFAULTS.band_width,
+        loss_type: Distance | Literal["auto"] = AUTO,
         use_vgg: bool = False,
-        vgg_layer: str = "relu3_4",
+        vgg_layer: str = DEFAULT_VGG_LAYER,
         *,
         layers: LayersArg = None,
         features: nn.Module | None = None,
         weights: WeightsArg = "imagenet",
-        pooling: str = "max",
+        pooling: Pooling = "max",
         input_range: tuple[float, float] = (0.0, 1.0),
         patch_size: int | None = None,
-        padding: str = "reflect",
-        eps: float = 1e-5,
-        center: str = "image",
-        reduction: str = "mean",
-        max_points: int | None = None,
-        engine: str = "auto",
-        memory_budget: int | None = None,
+        padding: Padding = "reflect",
+        eps: float = DEFAULTS.eps,
+        center: Center = DEFAULTS.center,
+        reduction: Reduction = "mean",
+        max_points: int | None = DEFAULTS.max_points,
+        sample: Sample = DEFAULTS.sample,
+        engine: EngineName = DEFAULTS.engine,
+        memory_budget: int | None = DEFAULTS.memory_budget,
     ) -> None:
-        super().__init__(
-            band_width,
-            loss_type,
-            use_vgg,
-            vgg_layer,
-            layers=layers,
-            features=features,
-            weights=weights,
-            pooling=pooling,
-            input_range=input_range,
-            patch_size=patch_size,
-            padding=padding,
-            eps=eps,
-            center=center,
-            reduction=reduction,
-            max_points=max_points,
-            engine=engine,
-            memory_budget=memory_budget,
-        )
+        super().__init__(locals(), bilateral=False)
 
     @classmethod
     def mechrez_recipe(
@@ -249,73 +315,74 @@ class ContextualLoss(_ContextualModule):
         }
         return cls(**_recipe_options(options, kwargs))
 
-    def _layer_loss(self, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
-        return CF.contextual_loss(x, y, **self._common_kwargs(generator))
-
 
 class ContextualBilateralLoss(_ContextualModule):
     """Contextual Bilateral loss, CoBi (Zhang et al., CVPR 2019), through a feature extractor.
 
+    The features' CoBi (:func:`contextual_loss.functional.contextual_bilateral_loss`), summed over
+    the compared layers with their weights. The distance follows the features as in
+    :class:`ContextualLoss`, and the spatial weight follows the distance
+    (:data:`contextual_loss.options.WEIGHT_SP_BY_DISTANCE`: 0.1 for cosine, 1.0 for ``l1`` and ``l2``).
+
     Args:
-        weight_sp: w_s, the weight of the spatial term (>= 0; in [0, 1] for ``form="released"``).
-        band_width, loss_type, use_vgg, vgg_layer, eps, center, reduction, max_points, engine,
-            memory_budget: as in :class:`ContextualLoss`.
+        weight_sp: w_s, the weight of the spatial term (>= 0; in [0, 1] for ``form="released"``),
+            or ``None`` (default): the value for the distance in use.
+        band_width, loss_type, use_vgg, vgg_layer: as in :class:`ContextualLoss`.
         form: ``"paper"`` (default) or ``"released"``; see
             :func:`contextual_loss.functional.contextual_bilateral_loss`.
         layers, features, weights, pooling, input_range, patch_size, padding: the features, as in
             :class:`ContextualLoss`.
+        eps, center, reduction, max_points, sample, engine, memory_budget: as in
+            :func:`contextual_loss.functional.contextual_loss`.
+
+    Shapes:
+        As :class:`ContextualLoss`: a scalar, or (B,) for ``reduction="none"``.
+
+    Raises:
+        TypeError, ValueError, contextual_loss.features.WeightsNotFoundError: as
+            :class:`ContextualLoss`; also ``weight_sp`` < 0 (> 1 for ``form="released"``).
 
     Examples:
         >>> import torch
-        >>> loss = ContextualBilateralLoss(patch_size=5, layers={"patches": 1.0, "relu1_2": 1.0}, weights=None)
+        >>> loss = ContextualBilateralLoss(patch_size=5)
+        >>> loss.loss_type, loss.weight_sp
+        ('l2', 1.0)
         >>> loss(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)).shape
         torch.Size([])
+        >>> both = ContextualBilateralLoss(patch_size=5, layers={"patches": 1.0, "relu1_2": 1.0}, weights=None)
+        >>> both.loss_type, both.weight_sp  # VGG19 layers: cosine, as the paper
+        ('cosine', 0.1)
 
     """
 
+    weight_sp = _Option()
+    form = _Option()
+
     def __init__(
         self,
-        weight_sp: float = 0.1,
-        band_width: float = 0.5,
-        loss_type: str = "cosine",
+        weight_sp: float | None = None,
+        band_width: float = DEFAULTS.band_width,
+        loss_type: Distance | Literal["auto"] = AUTO,
         use_vgg: bool = False,
-        vgg_layer: str = "relu3_4",
+        vgg_layer: str = DEFAULT_VGG_LAYER,
         *,
-        form: str = "paper",
+        form: CoBiForm = DEFAULTS.form,
         layers: LayersArg = None,
         features: nn.Module | None = None,
         weights: WeightsArg = "imagenet",
-        pooling: str = "max",
+        pooling: Pooling = "max",
         input_range: tuple[float, float] = (0.0, 1.0),
         patch_size: int | None = None,
-        padding: str = "reflect",
-        eps: float = 1e-5,
-        center: str = "image",
-        reduction: str = "mean",
-        max_points: int | None = None,
-        engine: str = "auto",
-        memory_budget: int | None = None,
+        padding: Padding = "reflect",
+        eps: float = DEFAULTS.eps,
+        center: Center = DEFAULTS.center,
+        reduction: Reduction = "mean",
+        max_points: int | None = DEFAULTS.max_points,
+        sample: Sample = DEFAULTS.sample,
+        engine: EngineName = DEFAULTS.engine,
+        memory_budget: int | None = DEFAULTS.memory_budget,
     ) -> None:
-        super().__init__(
-            band_width,
-            loss_type,
-            use_vgg,
-            vgg_layer,
-            layers=layers,
-            features=features,
-            weights=weights,
-            pooling=pooling,
-            input_range=input_range,
-            patch_size=patch_size,
-            padding=padding,
-            eps=eps,
-            center=center,
-            reduction=reduction,
-            max_points=max_points,
-            engine=engine,
-            memory_budget=memory_budget,
-        )
-        self.weight_sp, self.form = CF._spatial_option(weight_sp, form)
+        super().__init__(locals(), bilateral=True)
 
     @classmethod
     def zoom_recipe(
@@ -361,7 +428,7 @@ class ContextualBilateralLoss(_ContextualModule):
             )
         lam = check_nonnegative_number("vgg_weight", vgg_weight)
         options: dict[str, Any] = {
-            "weight_sp": 0.1,
+            "weight_sp": DEFAULT_WEIGHT_SP,
             "band_width": 0.5,
             "loss_type": "cosine",
             "layers": {"patches": 1.0, "relu1_2": lam, "relu2_2": lam, "relu3_2": lam},
@@ -370,9 +437,6 @@ class ContextualBilateralLoss(_ContextualModule):
         if zoom is not None:
             options["patch_size"] = sizes[zoom]
         return cls(**_recipe_options(options, kwargs))
-
-    def _layer_loss(self, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
-        return CF.contextual_bilateral_loss(x, y, self.weight_sp, form=self.form, **self._common_kwargs(generator))
 
     def extra_repr(self) -> str:
         """Summarise the options in ``repr``."""

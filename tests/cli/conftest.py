@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from contextual_loss.cli import main
+from contextual_loss.demo.images import texture
 from contextual_loss.io import save_image
-from contextual_loss.synthetic import texture
 
 
 @dataclass

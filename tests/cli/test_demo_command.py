@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
-from contextual_loss.synthetic import SEED_CX
+from contextual_loss.demo.seed_example import SEED_CX
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,6 +44,7 @@ def test_fast_demo_prints_the_seed_value_and_writes_figures(run_cli, tmp_path: P
     assert result.out.rstrip().endswith(f"Figures and images are in {out.resolve()}")
 
 
+@pytest.mark.subprocess
 def test_demo_from_the_entry_point_without_figures(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     process = subprocess.run(

@@ -18,16 +18,7 @@ from contextual_loss import ContextualLoss
 from contextual_loss.functional import contextual_bilateral_loss, contextual_similarity
 from contextual_loss.io import load_image
 
-
-@pytest.fixture
-def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-
-    def refuse(url: str, dst: str, *args: object, **kwargs: object) -> None:
-        raise OSError(f"network is unreachable (test refused {url})")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-    return tmp_path / "torch_home"
+# ``offline_hub`` (tests/conftest.py): an empty torch hub cache, downloads refused.
 
 
 @pytest.fixture
@@ -50,7 +41,7 @@ def test_two_layers_with_weights_from_a_file(run_cli, images, weights_file, offl
         fx, fy = module.features(load_image(images.shifted)), module.features(load_image(images.reference))
     for name in ("conv1_2", "relu2_2"):
         assert data["layers"][name]["cx"] == pytest.approx(float(contextual_similarity(fx[name], fy[name])), rel=1e-5)
-        cobi = contextual_bilateral_loss(fx[name], fy[name], 0.1)
+        cobi = contextual_bilateral_loss(fx[name], fy[name], 0.1, 0.5)  # the modules' band width
         assert data["layers"][name]["cobi_loss"] == pytest.approx(float(cobi), rel=1e-5)
     layers = data["layers"]
     assert data["cx_loss"] == pytest.approx(layers["conv1_2"]["cx_loss"] + 0.5 * layers["relu2_2"]["cx_loss"])
@@ -71,6 +62,7 @@ def test_imagenet_weights_offline_say_how_to_get_them(run_cli, images, offline_h
     line = result.err.strip()
     assert "\n" not in line and "Traceback" not in line
     assert "contextual-loss download-weights" in line
+    assert "--weights PATH or --weights random" in line  # the command line's own advice
 
 
 @pytest.mark.parametrize(
@@ -95,5 +87,22 @@ def test_explain_one_vgg_layer(run_cli, images, weights_file, offline_hub, tmp_p
     summary = json.loads(result.out)
     assert summary["layer"] == "conv2_2" and summary["map_size"] == [12, 12]  # one pooling: half the image
     assert out.stat().st_size > 1000
-    bad = run_cli(*argv, "--vgg-layers", "conv1_2", "--weights", str(weights_file), "--layer", "conv2_2")
+    bad = run_cli(*argv, "--vgg-layers", "conv1_2", "--weights", str(weights_file), "--layer", "conv2_2", "--force")
     assert bad.code == 2 and "--layer 'conv2_2' is not among" in bad.err
+
+
+def test_explain_agrees_with_compare_on_every_layer_with_sampling(run_cli, images, weights_file, tmp_path) -> None:
+    # compare draws the sampled positions of the layers in turn from one generator; explain --layer
+    # must compare the same positions of its layer (here conv1_2: 576 > 200 positions are sampled).
+    common = [str(images.shifted), str(images.reference), "--vgg-layers", "conv1_2,conv2_2"]
+    common += ["--weights", str(weights_file), "--max-points", "100", "--seed", "5"]
+    compared = json.loads(run_cli("compare", *common, "--json").out)["layers"]
+    for layer in ("conv1_2", "conv2_2"):
+        for cobi in ([], ["--cobi"]):
+            out = tmp_path / f"{layer}{len(cobi)}.png"
+            result = run_cli("explain", *common, "--layer", layer, "--out", str(out), "--json", *cobi)
+            assert result.code == 0, result.err
+            summary = json.loads(result.out)
+            assert summary["positions"] == compared[layer]["positions"]["target"] == 100
+            expected = compared[layer]["cobi_loss"] if cobi else compared[layer]["cx_loss"]
+            assert summary["loss_value"] == pytest.approx(expected, rel=1e-5, abs=1e-7)

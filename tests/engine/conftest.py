@@ -5,16 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from contextual_loss.engine import native
+from contextual_loss.engine import kernels
 
 
-@pytest.fixture(params=["native", "eager"])
+@pytest.fixture(params=kernels.IMPLEMENTATIONS)
 def strip_kernels(request):
-    """Run a test on the fused C strip kernels (when they build here) and on the eager PyTorch passes."""
-    if request.param == "eager":
-        with native.disabled():
-            yield "eager"
-        return
-    if native.kernels_for(torch.zeros(1)) is None:
-        pytest.skip(f"native strip kernels unavailable: {native.status()}")
-    yield "native"
+    """Run a test on each strip-kernel implementation that can run here on CPU float64 (the others skip)."""
+    why = kernels.availability(request.param, torch.device("cpu"), torch.float64)
+    if why is not None:
+        pytest.skip(f"{request.param} strip kernels unavailable: {why}")
+    with kernels.use(request.param):
+        yield request.param

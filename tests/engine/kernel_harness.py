@@ -1,7 +1,8 @@
 """A minimal single-image streaming pass over any StripKernels, for testing kernel implementations.
 
-It follows the streaming engine's steps (strips of ``rows`` rows, the backward on the rows that are
-some target's best match) with nothing else, so that a kernel implementation can be checked
+It follows the streaming engine's steps (strips of ``rows`` rows, the near field of sensitive rows
+evaluated directly before the kernels run, the backward on the rows that are some target's best
+match, refined like the forward's) with nothing else, so that a kernel implementation can be checked
 against the dense engine's values and autograd gradients directly. CX only (no CoBi term).
 """
 
@@ -49,10 +50,14 @@ def stream_image(
     n, m = x.shape[0], y.shape[0]
     dist = make_strip_distance(x, y, loss_type)  # type: ignore[arg-type]
     stats = _row_stats(n, x)
+    sensitive = torch.zeros(n, dtype=torch.bool, device=x.device)
     columns = ColumnMax(best=x.new_full((m,), -math.inf), index=torch.zeros(m, dtype=torch.long, device=x.device))
     for row0 in range(0, n, rows):
         sl = slice(row0, min(n, row0 + rows))
         u = dist.affinity(sl, x.new_empty(sl.stop - row0, m))
+        found, _ = dist.refine(sl, u, None, band_width, eps)
+        if found is not None:
+            sensitive[sl] = found
         kernels.forward(
             u,
             dist.base[sl],
@@ -66,7 +71,7 @@ def stream_image(
         )
     best, index = columns.best, columns.index
     log_sim = torch.logsumexp(best, 0) - math.log(m)
-    # Backward of log CX (grad 1): the engine's bookkeeping, as in streaming._backward_image.
+    # Backward of log CX (grad 1): the engine's bookkeeping, as in streaming._backward._backward_image.
     g = torch.softmax(best, 0)
     r = x.new_zeros(n).index_add_(0, index, g)
     need = (r != 0).nonzero().squeeze(1)
@@ -79,6 +84,8 @@ def stream_image(
         g_o, a_o, r_o = g[arg_cols], best[arg_cols], r[strip][arg_rows]
         values = (g_o * torch.expm1(a_o) + (r_o - g_o) * torch.exp(a_o)) / r_o
         u = dist.affinity(strip, x.new_empty(strip.numel(), m))
+        row_min = stats.umax[strip].neg().clamp_min_(0.0)
+        _, near = dist.refine(strip, u, None, band_width, eps, sensitive[strip], row_min)
         kernels.backward(
             u,
             _slice(stats, strip),
@@ -88,6 +95,6 @@ def stream_image(
             argmax_cols=arg_cols,
             argmax_values=values,
         )
-        dist.backward(strip, u, stats.scale[strip] * r[strip], dx, dy)
+        dist.backward(strip, u, stats.scale[strip] * r[strip], dx, dy, near)
     dist.finish(dy)
     return log_sim, best, index, dx, dy

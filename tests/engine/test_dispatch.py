@@ -23,7 +23,7 @@ def test_auto_picks_dense_for_small_and_streaming_for_large_problems():
 
 
 def test_auto_uses_streaming_beyond_the_threshold():
-    # Above the threshold the loss must come from the streaming Function (its backward node).
+    # Above the threshold the loss must come from the streaming operator (its backward node).
     side = int(DENSE_MAX_ENTRIES**0.25) + 2
     x = torch.rand(1, 3, side, side, requires_grad=True)
     loss = CF.contextual_loss(x, torch.rand(1, 3, side, side), reduction="none")
@@ -34,7 +34,7 @@ def test_auto_uses_streaming_beyond_the_threshold():
         if node is not None:
             names.add(type(node).__name__)
             stack.extend(next_fn for next_fn, _ in node.next_functions)
-    assert any("StreamingLogCX" in name for name in names), names
+    assert any("streaming_forward" in name for name in names), names
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,8 @@ import torch
 from contextual_loss.engine.strips import (
     DEFAULT_MEMORY_BUDGET,
     MAX_STRIP_ROWS,
+    _block_max,
+    _entries_at_least,
     column_max_first_index,
     plan_strips,
     row_max_first_index,
@@ -28,11 +30,11 @@ def test_row_max_first_index_matches_max_with_ties(cols):
 def test_plan_fits_the_budget():
     plan = plan_strips(16384, 16384, dtype=torch.float32, memory_budget=DEFAULT_MEMORY_BUDGET, tiles=2)
     # 64 MiB holds two strips of 512 rows of 16384 float32 entries: exactly the tallest strip.
-    assert plan.rows == plan.backward_rows == MAX_STRIP_ROWS == 512
+    assert plan.rows == MAX_STRIP_ROWS == 512
     assert plan.workspace_bytes == DEFAULT_MEMORY_BUDGET
     # A wider problem gets shorter strips (both passes hold the same buffers).
     wide = plan_strips(1000, 65536, dtype=torch.float32, memory_budget=DEFAULT_MEMORY_BUDGET, tiles=3)
-    assert (wide.rows, wide.backward_rows) == (85, 85)
+    assert wide.rows == 85
     assert wide.workspace_bytes <= DEFAULT_MEMORY_BUDGET
     # float64 halves the rows; a tiny budget still streams one row at a time.
     assert plan_strips(100, 1000, dtype=torch.float64, memory_budget=80_000, tiles=2).rows == 5
@@ -56,3 +58,19 @@ def test_column_max_first_index_matches_max_with_ties(rows):
     assert torch.equal(cols, improved)
     assert torch.equal(col_max, want.values[improved])
     assert torch.equal(first, want.indices[improved])
+
+
+@pytest.mark.parametrize("cols", [1, 5, 63, 64, 65, 200, 640])
+@pytest.mark.parametrize("share", [0.02, 0.5])
+def test_near_field_search_finds_exactly_the_entries_above_each_rows_threshold(cols, share):
+    # The block search of the near field (gathered blocks, the short last block compared in place,
+    # or one comparison over the strip when most blocks qualify) against a plain comparison.
+    gen = torch.Generator().manual_seed(cols)
+    u = torch.randint(0, 50, (12, cols), generator=gen).float()  # ties at the threshold included
+    which = torch.tensor([0, 3, 4, 7, 11])
+    low = torch.quantile(u[which], 1.0 - share, dim=1)
+    rows, found = _entries_at_least(u, _block_max(u)[which], which, low)
+    got = sorted(zip(rows.tolist(), found.tolist(), strict=True))
+    threshold = torch.full((12,), float("inf")).index_copy_(0, which, low)
+    want = sorted(map(tuple, (u >= threshold.unsqueeze(1)).nonzero().tolist()))
+    assert got == want

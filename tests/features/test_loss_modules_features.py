@@ -43,7 +43,7 @@ def test_layer_weights_sum_the_per_layer_losses(cls, weights_file: Path, images)
     layers = {"relu1_2": 0.5, "relu2_1": 2.0}
     loss_fn = cls(layers=layers, weights=weights_file, reduction="none")
     feats_x, feats_y = loss_fn.features(images[0]), loss_fn.features(images[1])
-    kwargs = {"reduction": "none"}
+    kwargs = {"reduction": "none", "band_width": 0.5}  # the modules' band width (the functional CoBi's is 1.0)
     expected = sum(w * _functional(cls)(feats_x[n], feats_y[n], **kwargs) for n, w in layers.items())
     torch.testing.assert_close(loss_fn(*images), expected)
 
@@ -109,7 +109,9 @@ def test_custom_extractor(images) -> None:
 def test_patches_and_vgg_together(cls, weights_file: Path, images) -> None:
     combined = cls(patch_size=3, layers={"patches": 1.0, "relu1_2": 0.25}, weights=weights_file, reduction="none")
     assert isinstance(combined.features, FeatureUnion)
-    patches_only = cls(patch_size=3, reduction="none")
+    # One distance for every layer: with VGG19 layers, cosine (patches alone default to l2).
+    assert combined.loss_type == "cosine"
+    patches_only = cls(patch_size=3, loss_type="cosine", reduction="none")
     vgg_only = cls(layers="relu1_2", weights=weights_file, reduction="none")
     torch.testing.assert_close(combined(*images), patches_only(*images) + 0.25 * vgg_only(*images))
 
@@ -174,6 +176,8 @@ def test_layers_missing_from_a_shared_vgg_raise_at_construction() -> None:
         ContextualLoss(layers={"relu1_1": 1.0, "relu2_1": 1.0}, features=shared)
 
 
-def test_state_dict_holds_the_frozen_weights_but_not_the_normalisation(weights_file: Path) -> None:
-    keys = set(ContextualLoss(layers="relu1_2", weights=weights_file).state_dict())
+def test_state_dict_holds_weights_it_cannot_reload_but_not_the_normalisation(weights_file: Path, vgg_state) -> None:
+    # A file is read again on construction, so its weights stay out (tests/features/test_vgg_checkpoints.py).
+    assert set(ContextualLoss(layers="relu1_2", weights=weights_file).state_dict()) == set()
+    keys = set(ContextualLoss(layers="relu1_2", weights=dict(vgg_state)).state_dict())
     assert keys == {"features.body.0.weight", "features.body.0.bias", "features.body.2.weight", "features.body.2.bias"}

@@ -1,34 +1,40 @@
 """Engines that evaluate the contextual similarity of prepared feature sets.
 
 The functional API prepares features (flatten, sample, centre, normalise) and hands the sets to
-an engine. An engine returns log CX(X, Y) per image and, on request, the per-target matches.
+:func:`evaluate`, the one engine entry point. It returns log CX(X, Y) per image and the
+per-target best matches (:class:`EngineResult`), on one of two engines:
 
 - ``dense`` (:mod:`contextual_loss.engine.dense`) builds the full N x M matrices with plain
   autograd; it is the readable reference every other engine is tested against, and the faster
   choice for small problems.
 - ``streaming`` (:mod:`contextual_loss.engine.streaming`) never holds an N x M matrix: memory
   grows with N + M (plus a fixed strip workspace, ``memory_budget`` bytes), with an exact
-  custom backward.
-- ``auto`` (the default) takes the dense engine when B * N * M <= :data:`DENSE_MAX_ENTRIES`
-  and the streaming engine otherwise.
+  custom backward. Its per-strip work runs on the strip kernels of
+  :mod:`contextual_loss.engine.kernels` (eager, native CPU or Triton, chosen by device).
+- ``auto`` (the default) decides by a fixed rule from the problem's size, dtype and device
+  (:func:`auto_engine`): never from the memory free at call time, so every step and every
+  process of a distributed run picks the same engine.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+import functools
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-from contextual_loss.engine.dense import dense_log_cx_matrix, dense_log_similarity, dense_match
+from contextual_loss._deprecation import warn_renamed
+from contextual_loss.engine._tracing import constant_under_compile
+from contextual_loss.engine.dense import dense_evaluate, dense_log_cx_matrix, dense_log_similarity, dense_match
 from contextual_loss.engine.streaming import (
     DoubleBackwardError,
+    streaming_evaluate,
     streaming_log_similarity,
     streaming_match,
     streaming_plan,
 )
+from contextual_loss.engine.streaming._problem import ProgressCallback, compute_dtype, report, reporting
 from contextual_loss.engine.strips import DEFAULT_MEMORY_BUDGET, StripPlan
 from contextual_loss.engine.types import ContextualMatch, EngineResult, SpatialTerm
 from contextual_loss.maths import Distance
@@ -36,7 +42,9 @@ from contextual_loss.options import ENGINES, ContextualOptions, EngineName
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
+    "DENSE_MATRICES",
     "DENSE_MAX_ENTRIES",
+    "DENSE_MEMORY_FRACTION",
     "ENGINES",
     "ContextualMatch",
     "DoubleBackwardError",
@@ -45,81 +53,144 @@ __all__ = [
     "ProgressCallback",
     "SpatialTerm",
     "StripPlan",
+    "auto_engine",
     "choose_engine",
+    "dense_evaluate",
+    "dense_log_cx_matrix",
     "dense_log_similarity",
     "dense_match",
     "evaluate",
     "log_similarity",
     "match",
+    "reporting",
+    "streaming_evaluate",
     "streaming_log_similarity",
     "streaming_match",
     "streaming_plan",
 ]
 
-T = TypeVar("T")
-#: Called as ``progress(done, total)`` with the units of work (strips) done so far and in all.
-ProgressCallback = Callable[[int, int], None]
-
-#: ``auto`` uses the dense engine up to this many entries B * N * M. Measured on a 2-core CPU with
-#: the native strip kernels (forward + backward, fresh processes): at C = 64 dense is faster at
-#: 12 x 12 maps and streaming from 16 x 16 (1.3x); at C = 256 dense is faster up to 16 x 16 (1.2x)
-#: and the two are even at 20 x 20 and 24 x 24; streaming wins from 32 x 32. See docs/engine.md.
+#: ``auto`` takes the dense engine up to this many entries B * N * M on every device: the measured
+#: CPU crossover of forward + backward time (docs/engine.md).
 DENSE_MAX_ENTRIES = 2**16
+
+#: On CUDA, ``auto`` also takes the dense engine while its working set, :data:`DENSE_MATRICES`
+#: (B, N, M) matrices of the compute dtype, is at most this fraction of the device's total memory.
+DENSE_MEMORY_FRACTION = 1 / 16
+
+#: N x M matrices the dense engine holds at its peak (forward + backward), the most of any option:
+#: 7 measured for CX and paper-form CoBi, 10 for the released form (docs/engine.md).
+DENSE_MATRICES = 10
+
+
+def auto_engine(
+    b: int, n: int, m: int, c: int, dtype: torch.dtype, device_type: str, device_memory: int | None = None
+) -> Literal["dense", "streaming"]:
+    """The engine ``auto`` picks for B images of N x M vectors of C channels: a fixed rule, see docs/engine.md.
+
+    Dense up to :data:`DENSE_MAX_ENTRIES` entries B * N * M on every device (the CPU crossover).
+    On CUDA (``device_memory``: the device's total memory in bytes) dense also while its working set
+    fits :data:`DENSE_MEMORY_FRACTION` of the device. C does not enter: both engines do the same
+    GEMM work, and the dense engine's memory is its (B, N, M) matrices.
+
+    Args:
+        b: images B.
+        n: prediction vectors N.
+        m: target vectors M.
+        c: channels C (not used by the rule).
+        dtype: the inputs' dtype (float16/bfloat16 are computed in float32).
+        device_type: ``"cpu"``, ``"cuda"``, ...
+        device_memory: total memory of the CUDA device in bytes (``None`` elsewhere).
+
+    """
+    entries = b * n * m
+    if entries <= DENSE_MAX_ENTRIES:
+        return "dense"
+    if device_type == "cuda" and device_memory is not None:
+        itemsize = torch.empty((), dtype=compute_dtype(dtype)).element_size()
+        if entries * DENSE_MATRICES * itemsize <= device_memory * DENSE_MEMORY_FRACTION:
+            return "dense"
+    return "streaming"
+
+
+@constant_under_compile
+def _cuda_memory(index: int) -> int:
+    return _cuda_memory_cached(index)
+
+
+@functools.cache
+def _cuda_memory_cached(index: int) -> int:
+    return int(torch.cuda.get_device_properties(index).total_memory)
+
+
+def _device_memory(device: torch.device) -> int | None:
+    """Total memory of a CUDA device (a fixed property of the device, not what is free now)."""
+    if device.type != "cuda":
+        return None
+    return _cuda_memory(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def choose_engine(x: Tensor, y: Tensor, engine: EngineName = "auto") -> Literal["dense", "streaming"]:
     """The engine ``engine`` resolves to for prepared sets x (B, N, C) and y (B, M, C)."""
     if engine != "auto":
         return engine
-    entries = x.shape[0] * x.shape[1] * y.shape[1]
-    return "dense" if entries <= DENSE_MAX_ENTRIES else "streaming"
+    (b, n, c), m = x.shape, y.shape[1]
+    dtype = torch.promote_types(x.dtype, y.dtype)
+    return auto_engine(b, n, m, c, dtype, x.device.type, _device_memory(x.device))
 
 
-def _dispatch(
+def _prepared_set(name: str, t: object) -> Tensor:
+    """``t`` if it is a 3-d floating-point tensor, else a ``TypeError`` naming ``name``."""
+    if not isinstance(t, Tensor) or not t.is_floating_point() or t.ndim != 3:
+        got = f"a {t.ndim}-d {t.dtype} tensor" if isinstance(t, Tensor) else type(t).__name__
+        raise TypeError(f"{name} must be a 3-d floating-point tensor (B, N, C) of prepared features, got {got}")
+    return t
+
+
+def _check_sets(x: object, y: object) -> None:
+    xs, ys = _prepared_set("x", x), _prepared_set("y", y)
+    if xs.shape[0] != ys.shape[0] or xs.shape[2] != ys.shape[2]:
+        raise ValueError(
+            f"x (B, N, C) and y (B, M, C) must agree in B and C, got {tuple(xs.shape)} and {tuple(ys.shape)}"
+        )
+
+
+def _evaluate(
     x: Tensor,
     y: Tensor,
+    *,
+    loss_type: Distance,
+    band_width: float,
+    eps: float,
+    spatial: SpatialTerm | None,
     engine: EngineName,
     memory_budget: int | None,
-    dense_fn: Callable[..., T],
-    streaming_fn: Callable[..., T],
-    kwargs: dict[str, Any],
-) -> T:
-    """Call ``dense_fn`` or ``streaming_fn`` (with the memory budget) as :func:`choose_engine` decides."""
+    progress: ProgressCallback | None = None,
+) -> EngineResult:
+    _check_sets(x, y)
     if choose_engine(x, y, engine) == "dense":
-        return dense_fn(x, y, **kwargs)
-    return streaming_fn(x, y, memory_budget=memory_budget, **kwargs)
+        result = dense_evaluate(x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial)
+        if progress is not None:  # one unit of work
+            progress(1, 1)
+        elif not torch.compiler.is_compiling():
+            report(1, 1)  # to the callback of an enclosing reporting() block, if any
+        return result
 
+    def stream() -> EngineResult:
+        # engine="auto" promises the dense engine's abilities: a second differentiation recomputes densely.
+        return streaming_evaluate(
+            x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial, memory_budget=memory_budget,
+            dense_double_backward=engine == "auto",
+        )  # fmt: skip
 
-def log_similarity(
-    x: Tensor,
-    y: Tensor,
-    *,
-    loss_type: Distance,
-    band_width: float,
-    eps: float,
-    spatial: SpatialTerm | None = None,
-    engine: EngineName = "auto",
-    memory_budget: int | None = None,
-) -> Tensor:
-    """Log CX(X, Y) for each image, (B,), on the chosen engine (``auto``: by problem size)."""
-    kwargs = {"loss_type": loss_type, "band_width": band_width, "eps": eps, "spatial": spatial}
-    return _dispatch(x, y, engine, memory_budget, dense_log_similarity, streaming_log_similarity, kwargs)
-
-
-def match(
-    x: Tensor,
-    y: Tensor,
-    *,
-    loss_type: Distance,
-    band_width: float,
-    eps: float,
-    spatial: SpatialTerm | None = None,
-    engine: EngineName = "auto",
-    memory_budget: int | None = None,
-) -> ContextualMatch:
-    """Per-target best matches (see :class:`ContextualMatch`) on the chosen engine."""
-    kwargs = {"loss_type": loss_type, "band_width": band_width, "eps": eps, "spatial": spatial}
-    return _dispatch(x, y, engine, memory_budget, dense_match, streaming_match, kwargs)
+    if progress is None:
+        return stream()
+    if torch.compiler.is_compiling():
+        raise RuntimeError(
+            "progress callbacks of the streaming engine are not supported inside torch.compile; "
+            "call contextual_loss.engine.evaluate without progress there"
+        )
+    with reporting(progress):
+        return stream()
 
 
 def evaluate(
@@ -138,18 +209,67 @@ def evaluate(
         options: the comparison's options; the engine reads ``loss_type``, ``band_width``,
             ``eps``, ``engine`` and ``memory_budget``.
         spatial: CoBi's spatial term (weight, form and positions), or ``None`` for CX.
-        progress: optional ``progress(done, total)`` callback (not yet called by this version).
+        progress: optional ``progress(done, total)`` callback, called as the units of work are
+            done: the forward strips of all images for the streaming engine (also inside the
+            custom operator), once ``(1, 1)`` for the dense engine. Not supported inside
+            ``torch.compile``.
 
     Returns:
-        An :class:`EngineResult` (log_similarity, best, index).
+        An :class:`EngineResult`: ``log_similarity`` (B,), differentiable (once on the streaming
+        engine), ``best`` (B, M) = max_i log CX_ij without gradient, ``index`` (B, M) = i*(j).
+        float32 (float64 for float64 inputs; float16/bfloat16 are computed in float32).
+
+    Raises:
+        TypeError: ``options`` is not a :class:`ContextualOptions`, or x, y are not 3-d
+            floating-point tensors.
+        ValueError: x and y disagree in B or C.
+        contextual_loss.engine.kernels.KernelsUnavailableError: forced strip kernels cannot run.
 
     """
-    kwargs = {"loss_type": options.loss_type, "band_width": options.band_width, "eps": options.eps, "spatial": spatial}
-    if choose_engine(x, y, options.engine) == "dense":
-        a = dense_log_cx_matrix(x, y, **kwargs)
-        best, index = a.max(dim=1)
-        log_sim = torch.logsumexp(best, dim=-1) - math.log(best.shape[-1])
-        return EngineResult(log_sim, best.detach(), index)
-    from contextual_loss.engine.streaming import _stream
+    if not isinstance(options, ContextualOptions):
+        raise TypeError(f"options must be a ContextualOptions, got {type(options).__name__}")
+    return _evaluate(
+        x, y, loss_type=options.loss_type, band_width=options.band_width, eps=options.eps, spatial=spatial,
+        engine=options.engine, memory_budget=options.memory_budget, progress=progress,
+    )  # fmt: skip
 
-    return EngineResult(*_stream(x, y, memory_budget=options.memory_budget, **kwargs))
+
+def log_similarity(
+    x: Tensor,
+    y: Tensor,
+    *,
+    loss_type: Distance,
+    band_width: float,
+    eps: float,
+    spatial: SpatialTerm | None = None,
+    engine: EngineName = "auto",
+    memory_budget: int | None = None,
+) -> Tensor:
+    """Deprecated: ``evaluate(x, y, ContextualOptions(...), spatial).log_similarity``."""
+    warn_renamed("contextual_loss.engine.log_similarity", "contextual_loss.engine.evaluate(...).log_similarity")
+    return _evaluate(
+        x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial, engine=engine,
+        memory_budget=memory_budget,
+    ).log_similarity  # fmt: skip
+
+
+def match(
+    x: Tensor,
+    y: Tensor,
+    *,
+    loss_type: Distance,
+    band_width: float,
+    eps: float,
+    spatial: SpatialTerm | None = None,
+    engine: EngineName = "auto",
+    memory_budget: int | None = None,
+) -> ContextualMatch:
+    """Deprecated: per-target best matches from :func:`evaluate` as a :class:`ContextualMatch`."""
+    warn_renamed("contextual_loss.engine.match", "contextual_loss.engine.evaluate(...)")
+    result = _evaluate(
+        x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial, engine=engine,
+        memory_budget=memory_budget,
+    )  # fmt: skip
+    return ContextualMatch(
+        log_similarity=result.log_similarity, prediction_index=result.prediction_index, similarity=result.best.exp()
+    )

@@ -1,262 +1,60 @@
-"""Fused C kernels for the streaming engine's per-strip work on CPU (optional, compiled on first use).
+"""Deprecated: the native strip kernels moved to :mod:`contextual_loss.engine.kernels`.
 
-After each strip's GEMM, the eager engine (:mod:`contextual_loss.engine.streaming`) spends about
-ten elementwise passes over the strip (row maximum, shift, scale, exponential, row sum, column
-maximum, ...), each of which streams the whole strip through memory; on CPUs with few cores
-these passes, not the GEMM, bound the speed at small channel counts. ``_native/strip_kernels.c``
-does the same arithmetic row by row while a row is in cache (see the comment at its top), with
-OpenMP threads over rows.
-
-The source ships with the package and is compiled with the system C compiler the first time the
-streaming engine runs on a CPU tensor (under a second), into a per-user cache directory keyed by
-the source, the compiler and the CPU. Without a compiler, or if compiling or loading fails, the
-engine uses its eager PyTorch passes: same results up to rounding, slower. Environment:
-
-- ``CONTEXTUAL_LOSS_NATIVE``: ``0`` disables the kernels, ``1`` (or unset) uses them when they build.
-- ``CONTEXTUAL_LOSS_CACHE_DIR``: where the compiled library is kept (default:
-  ``$XDG_CACHE_HOME/contextual-loss`` or ``~/.cache/contextual-loss``).
-- ``CC``: the C compiler (default: the first of ``cc``, ``gcc``, ``clang`` found).
-
-:func:`status` says whether the kernels are in use and why not; :func:`disabled` turns them off
-for a block of code (tests compare both paths).
+Kept for one release. ``status()`` is ``kernels.status()``'s native line, ``disabled()`` is
+``kernels.use("eager")`` (for the current thread only, as every override now is),
+``kernels_for(x)`` returns the new
+:class:`~contextual_loss.engine.kernels.native.NativeKernels` (the ``StripKernels`` interface of
+:mod:`contextual_loss.engine.kernels.base`) or ``None``, and ``StripKernels`` is that class.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
+import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-__all__ = ["StripKernels", "disabled", "kernels_for", "status"]
+from contextual_loss.engine import kernels as _kernels
+from contextual_loss.engine.kernels import native as _native
 
-_SOURCE_DIR = Path(__file__).with_name("_native")
-_SOURCES = ("strip_kernels.c", "strip_kernels_body.h")
-_ABI_VERSION = 2
-#: Tried in order: the first set that compiles is used. -ffp-contract=off keeps the rounding of
-#: (u - umax) * s - L identical to the eager engine's separate operations.
-_FLAG_SETS = (
-    ["-O3", "-march=native", "-mprefer-vector-width=512", "-funroll-loops"],
-    ["-O3", "-march=native"],
-    ["-O3"],
-)
-_COMMON_FLAGS = ["-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
-
-_lock = threading.Lock()
-_state: dict[str, object] = {}
-_disabled_depth = 0
-
-_P = ctypes.c_void_p
-_I64 = ctypes.c_int64
-_F64 = ctypes.c_double
-_INT = ctypes.c_int
+__all__ = ["StripKernels", "disabled", "kernels_for", "status"]  # noqa: F822 (StripKernels: module __getattr__)
 
 
-def _cache_dir() -> Path:
-    """Where the compiled library is kept: an explicit directory, else the user's cache, else a temp dir."""
-    explicit = os.environ.get("CONTEXTUAL_LOSS_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    user = (Path(xdg) if xdg else Path.home() / ".cache") / "contextual-loss"
-    try:
-        user.mkdir(parents=True, exist_ok=True)
-        if os.access(user, os.W_OK):
-            return user
-    except OSError:
-        pass
-    # A read-only or missing home (containers, sandboxes): a per-user directory under the temp dir.
-    uid = os.getuid() if hasattr(os, "getuid") else "user"
-    return Path(tempfile.gettempdir()) / f"contextual-loss-{uid}"
-
-
-def _compiler() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return name
-    return None
-
-
-def _cpu_signature() -> str:
-    """The CPU's model and feature flags: -march=native code must not be shared across CPUs."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    keep = [line for line in lines if line.startswith(("model name", "flags", "Features"))][:2]
-    return "\n".join([platform.machine(), platform.processor(), *keep])
-
-
-def _library_key(compiler: str) -> str:
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30, check=False)
-    digest = hashlib.sha256()
-    for name in _SOURCES:
-        digest.update((_SOURCE_DIR / name).read_bytes())
-    for part in (version.stdout, repr(_FLAG_SETS), repr(_COMMON_FLAGS), _cpu_signature()):
-        digest.update(part.encode())
-    return digest.hexdigest()[:20]
-
-
-def _compile(compiler: str, target: Path) -> str | None:
-    """Compile the kernels into ``target`` (atomically); returns None or the last error."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    error = "no flag set tried"
-    for flags in _FLAG_SETS:
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        cmd = [compiler, *flags, *_COMMON_FLAGS, str(_SOURCE_DIR / _SOURCES[0]), "-o", tmp, "-lm"]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-        except (OSError, subprocess.SubprocessError) as exc:
-            done, error = None, f"{type(exc).__name__}: {exc}"
-        if done is not None and done.returncode == 0:
-            os.replace(tmp, target)  # atomic: concurrent processes never load a half-written file
-            return None
-        if done is not None:
-            error = (done.stderr or done.stdout).strip()[-500:]
-        Path(tmp).unlink(missing_ok=True)
-    return error
-
-
-def _declare(lib: ctypes.CDLL) -> None:
-    for suffix in ("f32", "f64"):
-        forward = getattr(lib, f"cl_forward_strip_{suffix}")
-        forward.restype = _INT
-        forward.argtypes = [_I64, _I64, _P, _P, _INT, _F64, _F64, _F64, _P, _P, _P, _P, _P, _INT, _P, _P, _I64, _INT]
-        backward = getattr(lib, f"cl_backward_strip_{suffix}")
-        backward.restype = _INT
-        backward.argtypes = [_I64, _I64, _P, _P, _P, _P, _P, _F64, _P, _INT]
-    lib.cl_abi_version.restype = _I64
-    lib.cl_openmp.restype = _INT
-
-
-def _load() -> tuple[ctypes.CDLL | None, str]:
-    """Build (if needed) and load the library; returns it (or None) and a one-line status."""
-    if os.environ.get("CONTEXTUAL_LOSS_NATIVE", "1").strip().lower() in {"0", "off", "false", "no"}:
-        return None, "disabled by CONTEXTUAL_LOSS_NATIVE"
-    compiler = _compiler()
-    if compiler is None:
-        return None, "no C compiler found (set CC)"
-    try:
-        target = _cache_dir() / f"strip_kernels-{_library_key(compiler)}.so"
-        if not target.exists():
-            error = _compile(compiler, target)
-            if error is not None:
-                return None, f"compiling with {compiler} failed: {error}"
-        lib = ctypes.CDLL(str(target))
-        _declare(lib)
-    except (OSError, subprocess.SubprocessError, AttributeError) as exc:
-        return None, f"loading failed: {type(exc).__name__}: {exc}"
-    if lib.cl_abi_version() != _ABI_VERSION:
-        return None, f"{target} has ABI {lib.cl_abi_version()}, expected {_ABI_VERSION}"
-    if not lib.cl_openmp():
-        return None, f"{compiler} built the kernels without OpenMP (one thread would be slower than eager)"
-    return lib, f"in use: {target}"
-
-
-def _library() -> ctypes.CDLL | None:
-    with _lock:
-        if "lib" not in _state:
-            _state["lib"], _state["status"] = _load()
-    return _state["lib"]  # type: ignore[return-value]
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"contextual_loss.engine.native.{old} is deprecated; use {new}", DeprecationWarning, stacklevel=3)
 
 
 def status() -> str:
-    """Whether the fused kernels are used, and if not, why (builds them on first call)."""
-    _library()
-    return str(_state["status"]) if _disabled_depth == 0 else "disabled for this block (native.disabled())"
+    """Whether the native kernels are used (builds them on first call); see ``kernels.status()``."""
+    _deprecated("status()", "contextual_loss.engine.kernels.status()")
+    request, source = _kernels.requested()
+    if request not in ("auto", "native"):
+        return f"disabled for this thread ({source})"
+    why = _native.availability(torch.device("cpu"), torch.float32)
+    return _native.library_status() if why is None else why
 
 
 @contextlib.contextmanager
 def disabled() -> Iterator[None]:
-    """Run the streaming engine's eager PyTorch passes instead of the fused kernels in this block."""
-    global _disabled_depth
-    _disabled_depth += 1
-    try:
+    """Run the eager strip kernels in this block, in the current thread only: ``kernels.use("eager")``."""
+    _deprecated("disabled()", 'contextual_loss.engine.kernels.use("eager")')
+    with _kernels.use("eager"):
         yield
-    finally:
-        _disabled_depth -= 1
 
 
-def _ptr(t: Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
-
-
-@dataclass(frozen=True)
-class StripKernels:
-    """The fused kernels for one compute dtype (float32 or float64) on CPU."""
-
-    lib: ctypes.CDLL
-    suffix: str
-
-    def forward(
-        self,
-        u: Tensor,
-        base: Tensor,
-        clamp: bool,
-        band_width: float,
-        eps: float,
-        lowest: float,
-        rows_out: dict[str, Tensor | None],
-        *,
-        write_a: bool,
-        best: Tensor | None,
-        index: Tensor | None,
-        row0: int,
-    ) -> None:
-        """Row statistics of the affinity strip ``u`` into ``rows_out``, and the column maximum.
-
-        ``rows_out`` holds (rows,) outputs umax, argmin, scale, log_norm and clamped (or None).
-        With ``write_a``, ``u`` becomes a = log CX; otherwise ``best``/``index`` are updated.
-        """
-        _check_contiguous(u, base, best, index, *rows_out.values())
-        fn = getattr(self.lib, f"cl_forward_strip_{self.suffix}")
-        code = fn(
-            u.shape[0], u.shape[1], _ptr(u), _ptr(base), int(clamp), band_width, eps, lowest,
-            _ptr(rows_out["umax"]), _ptr(rows_out["argmin"]), _ptr(rows_out["scale"]), _ptr(rows_out["log_norm"]),
-            _ptr(rows_out["clamped"]), int(write_a), _ptr(best), _ptr(index), row0, torch.get_num_threads(),
-        )  # fmt: skip
-        if code != 0:
-            raise MemoryError("the streaming engine's native kernel could not allocate its column buffers")
-
-    def backward(
-        self, u: Tensor, umax: Tensor, scale: Tensor, argmin: Tensor, log_norm: Tensor, lowest: float
-    ) -> Tensor:
-        """Turn the recomputed affinities ``u`` into p = CX in place; return the row entropies.
-
-        a = (u - umax) s - L as in the forward pass (-L at k(i)), p = exp(a), H = -sum_k p a.
-        """
-        entropy = torch.empty_like(umax)
-        _check_contiguous(u, umax, scale, argmin, log_norm)
-        fn = getattr(self.lib, f"cl_backward_strip_{self.suffix}")
-        fn(u.shape[0], u.shape[1], _ptr(u), _ptr(umax), _ptr(scale), _ptr(argmin), _ptr(log_norm), lowest,
-           _ptr(entropy), torch.get_num_threads())  # fmt: skip
-        return entropy
-
-
-def _check_contiguous(*tensors: Tensor | None) -> None:
-    for t in tensors:
-        if t is not None and not t.is_contiguous():
-            raise RuntimeError("native strip kernels need contiguous buffers (internal error)")
-
-
-_SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}
-
-
-def kernels_for(x: Tensor) -> StripKernels | None:
-    """The fused kernels for tensors like ``x``, or None (not CPU, other dtype, disabled, unavailable)."""
-    if _disabled_depth or x.device.type != "cpu" or x.dtype not in _SUFFIXES:
+def kernels_for(x: Tensor) -> _native.NativeKernels | None:
+    """The native kernels for tensors like ``x``, or None (not CPU float32/float64, disabled, unavailable)."""
+    _deprecated("kernels_for()", "contextual_loss.engine.kernels.select()")
+    request, _ = _kernels.requested()
+    if request not in ("auto", "native") or _native.availability(x.device, x.dtype) is not None:
         return None
-    lib = _library()
-    return None if lib is None else StripKernels(lib, _SUFFIXES[x.dtype])
+    return _kernels.select(x.device, x.dtype, "native")  # type: ignore[return-value]
+
+
+def __getattr__(name: str) -> object:
+    if name == "StripKernels":
+        _deprecated("StripKernels", "contextual_loss.engine.kernels.native.NativeKernels")
+        return _native.NativeKernels
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,9 +9,18 @@ strips of ``rows`` x M entries, and the strip height comes from a memory budget
     d_{ij} = \beta_i - u_{ij},
 
 so that the row minimum of d is the row maximum of u, and ``d - min d = max u - u`` needs no
-per-element base. Cosine: u = <x, y> and beta = 1. Squared L2: u = 2 <x, y> - |y|^2 (one GEMM on
-augmented operands) and beta = |x|^2, which cancels exactly in ``d - min d``. L1: u = -d and
-beta = 0. Each class also maps a strip's gradient on d back to the rows of x and to y.
+per-element base. Every distance here uses u = -d and beta = 0: cosine u = <x, y> - 1 and squared
+L2 u = 2 <x', y'> - |y'|^2 - |x'|^2, each one GEMM on augmented operands, the L2 one on vectors
+centred on the target mean (x' = x - c, y' = y - c: d is translation invariant, and centring keeps
+the GEMM's rounding at the scale of the data's spread rather than its offset); L1 u = -cdist.
+Each class also maps a strip's gradient on d back to the rows of x and to y.
+
+The GEMM forms (cosine, L2) round with an absolute error E_i per row that does not shrink with d.
+Rows where the softmax scale amplifies it beyond tolerance (exact or near duplicates) are
+*sensitive*: :meth:`StripDistance.refine` finds them (one ``amax`` over the strip) and evaluates
+their near field directly, without cancellation, before the strip kernels run; the backward pass
+refines the same rows and differentiates those entries in the direct form. The maths is in
+:mod:`contextual_loss.engine.nearfield`.
 """
 
 from __future__ import annotations
@@ -22,11 +31,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from contextual_loss.engine import nearfield
 from contextual_loss.maths import CoBiForm, Distance
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "MAX_STRIP_ROWS",
+    "NearField",
     "StripDistance",
     "StripPlan",
     "column_max_first_index",
@@ -42,8 +53,7 @@ __all__ = [
 DEFAULT_MEMORY_BUDGET = 64 * 2**20
 
 #: The tallest strip used. Taller strips re-read Y less often (each strip's GEMM reads all of Y),
-#: but beyond about 512 rows the GEMM output and the elementwise passes over it fall out of cache
-#: and get slower (measured on a 2-core CPU; see docs/engine.md).
+#: but the GEMM output and the elementwise work on it fall out of cache (see docs/engine.md).
 MAX_STRIP_ROWS = 512
 
 
@@ -65,15 +75,6 @@ class StripPlan:
     columns: int
     tiles: int
     itemsize: int
-
-    @property
-    def backward_rows(self) -> int:
-        """Rows per backward strip: ``rows``.
-
-        The backward holds as many buffers as the forward: the recomputed log-softmax and its
-        exponential, plus the distance's extras.
-        """
-        return self.rows
 
     @property
     def workspace_bytes(self) -> int:
@@ -160,7 +161,7 @@ def exp_without_underflow(t: Tensor, floor: Tensor, out: Tensor | None = None) -
     if not bool((floor < lowest).any()):
         return torch.exp(t, out=out) if out is not None else t.exp_()
     e = torch.clamp(t, min=lowest, out=out) if out is not None else t.clamp_(min=lowest)
-    return torch.nn.functional.threshold_(e.exp_(), math.exp(lowest), 0.0)
+    return torch.nn.functional.threshold(e.exp_(), math.exp(lowest), 0.0, inplace=True)
 
 
 def spatial_tile(pos_x: Tensor, pos_y: Tensor, form: CoBiForm) -> Tensor:
@@ -173,34 +174,178 @@ def spatial_tile(pos_x: Tensor, pos_y: Tensor, form: CoBiForm) -> Tensor:
     return d.square_() if form == "released" else d
 
 
+#: Columns per block of the near-field search: one amax over blocks finds the row maxima and the
+#: blocks that can hold near-field entries, so only those blocks are searched entry by entry.
+_NEAR_BLOCK = 64
+
+
+def _block_max(u: Tensor, block: int = _NEAR_BLOCK) -> Tensor:
+    """(R, ceil(M / block)) maxima of the column blocks of a strip u (R, M): one pass over u."""
+    cols = u.shape[1]
+    full = cols - cols % block
+    parts = [u[:, :full].unflatten(1, (full // block, block)).amax(dim=2)] if full else []
+    if full < cols:
+        parts.append(u[:, full:].amax(dim=1, keepdim=True))
+    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
+def _entries_at_least(
+    u: Tensor, block_max: Tensor, which: Tensor, low: Tensor, block: int = _NEAR_BLOCK
+) -> tuple[Tensor, Tensor]:
+    """(rows, cols) of the entries u_ik >= low_q of the rows i = which[q] of a contiguous strip u.
+
+    ``block_max`` (Q, blocks) holds those rows' block maxima (:func:`_block_max`): only the blocks
+    whose maximum reaches low_q are searched, entry by entry. Whole blocks are gathered as rows of
+    a (R, M // block, block) view of u (one copy of contiguous runs, no per-entry index arithmetic);
+    the last, shorter block (M not a multiple of ``block``) is compared in place.
+    """
+    r, m = u.shape
+    q, blocks = (block_max >= low.unsqueeze(1)).nonzero(as_tuple=True)
+    if q.numel() * block > u.numel() // 2:  # most blocks: one comparison over the strip is cheaper, and smaller
+        threshold = u.new_full((r,), math.inf).index_copy_(0, which, low)
+        flat = (u >= threshold.unsqueeze(1)).view(-1).nonzero().squeeze(1)
+        return flat.div(m, rounding_mode="floor"), flat.remainder(m)
+    full = m - m % block
+    found_rows, found_cols = [], []
+    if full < m:
+        in_tail = blocks == full // block
+        q_tail = q[in_tail]
+        k, j = (u[which[q_tail], full:] >= low[q_tail].unsqueeze(1)).nonzero(as_tuple=True)
+        found_rows.append(which[q_tail[k]])
+        found_cols.append(j + full)
+        q, blocks = q[~in_tail], blocks[~in_tail]
+    if full > 0:
+        rows = which[q]
+        chunks = u[:, :full].view(r, full // block, block)[rows, blocks]  # (K, block)
+        k, j = (chunks >= low[q].unsqueeze(1)).nonzero(as_tuple=True)
+        found_rows.append(rows[k])
+        found_cols.append(blocks[k] * block + j)
+    if len(found_rows) == 1:
+        return found_rows[0], found_cols[0]
+    return torch.cat(found_rows), torch.cat(found_cols)
+
+
+@dataclass(frozen=True)
+class NearField:
+    """The entries of a strip whose distances were evaluated directly (see :meth:`StripDistance.refine`).
+
+    Attributes:
+        rows: (Q,) strip-local rows of the entries.
+        cols: (Q,) their columns (target indices).
+
+    """
+
+    rows: Tensor
+    cols: Tensor
+
+
 class StripDistance:
     """Per-image operands of one feature distance, evaluated and differentiated strip by strip.
 
-    Subclasses set ``base`` (beta_i of the module docstring, (N,)), ``floor`` (a lower bound of
-    u per row, (N,), which only decides how carefully exponentials are taken), ``clamp``
-    (whether the row minimum of d is clamped at 0 against rounding, as the dense reference
-    clamps d), and ``extra_tiles`` (strip buffers the distance allocates itself).
+    Subclasses set ``clamp`` (whether the row minimum of d is clamped at 0 against rounding, as the
+    dense reference clamps d) and ``bound`` (E_i, the rounding bound of the GEMM-form distances per
+    row, (N,), or ``None`` for a distance computed directly, which never needs refining). ``base``
+    (beta_i of the module docstring, (N,)) is 0 for every distance: u = -d.
     """
 
     clamp: bool = True
-    extra_tiles: int = 0
+    #: d = factor/2 |x - y|^2 on the near field: the direct gradient is factor (x_i - y_k).
+    direct_factor: float = 2.0
 
     def __init__(self, x: Tensor, y: Tensor) -> None:
         self.x, self.y = x, y
-        self.base = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
-        # |<x, y>| <= 1 for unit or zero vectors (a margin covers rounding).
-        self.floor = torch.full_like(self.base, -1.0 - 1e-3)
+        self.base = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        self.bound: Tensor | None = None
 
     def affinity(self, rows: Tensor | slice, out: Tensor) -> Tensor:
         """U of the given prediction rows against every target, written to ``out`` when it is a GEMM."""
         raise NotImplementedError
 
-    def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
+    def direct(self, rows: Tensor, cols: Tensor, max_elements: int) -> Tensor:
+        """The distances d of the pairs (rows[q], cols[q]) (global indices), computed without cancellation.
+
+        Temporaries hold at most ``max_elements`` elements.
+        """
+        raise NotImplementedError
+
+    def refine(
+        self,
+        rows: Tensor | slice,
+        u: Tensor,
+        extra: Tensor | None,
+        band_width: float,
+        eps: float,
+        sensitive: Tensor | None = None,
+        row_min: Tensor | None = None,
+    ) -> tuple[Tensor | None, NearField | None]:
+        """Evaluate the near field of the strip's sensitive rows directly, in place in ``u`` = -d.
+
+        Args:
+            rows: the strip's global rows (a slice, or (R,) indices).
+            u: (R, M) the strip's GEMM-form affinities -d~ (minus CoBi's spatial term, if any), contiguous.
+            extra: (R, M) CoBi's paper-form spatial term w_s D' (already subtracted from ``u``), or ``None``.
+            band_width: h.
+            eps: epsilon of the relative distance.
+            sensitive: (R,) bool, the rows to refine, and ``row_min`` (R,) their row minima (the
+                backward pass passes the forward's choice and exact minima); ``None``: find them
+                from the strip (rows with kappa_i > tolerance; one ``amax`` over the strip).
+            row_min: see ``sensitive``.
+
+        Returns:
+            ``(sensitive, near)``: the (R,) rows found (``None`` for a direct distance) and the strip
+            entries evaluated directly (``None`` if none), for :meth:`backward`.
+
+        """
+        if self.bound is None:
+            return None, None
+        bound = self.bound[rows]
+        block_max = None
+        if sensitive is None or row_min is None:
+            block_max = _block_max(u)  # the one pass over the strip that finding sensitive rows costs
+            row_min = block_max.amax(dim=1).neg_().clamp_min_(0.0)  # m~_i
+            sensitive = nearfield.sensitivity(row_min, bound, band_width, eps) > 1.0
+        which = sensitive.nonzero().squeeze(1)
+        if which.numel() == 0:
+            return sensitive, None
+        if block_max is None:  # (the backward pass: all the strip's blocks when most rows are sensitive)
+            block_max = _block_max(u)[which] if 4 * which.numel() >= u.shape[0] else _block_max(u[which])
+        else:
+            block_max = block_max[which]
+        row_min, bound = row_min[which], bound[which]
+        ratio = nearfield.sensitivity(row_min, bound, band_width, eps)
+        low = nearfield.near_reach(row_min, bound, ratio, band_width, eps).neg_()  # N_i: u_ik >= low_i
+        local, cols = _entries_at_least(u, block_max, which, low)
+        global_rows = (local + rows.start) if isinstance(rows, slice) else rows[local]
+        exact = self.direct(global_rows, cols, u.numel())
+        flat = local * u.shape[1] + cols
+        if extra is not None:
+            exact += extra.reshape(-1)[flat]
+        u.view(-1)[flat] = exact.neg_()
+        return sensitive, NearField(rows=local, cols=cols)
+
+    def backward(
+        self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor, near: NearField | None = None
+    ) -> None:
         """Accumulate the gradient of a strip into the ``dx`` rows and into ``dy``.
 
         The gradient on the strip's distances is ``scale[:, None] * grad``: the row scale is kept
         apart so that it can be folded into the small GEMM operands. ``grad`` may be overwritten.
+        Entries of ``near`` are differentiated in the direct form (no cancellation), the rest in
+        the GEMM form.
         """
+        weight = None
+        if near is not None:
+            flat, entries = near.rows * grad.shape[1] + near.cols, grad.view(-1)
+            weight = entries[flat] * scale[near.rows]
+            entries[flat] = 0.0
+        self._gemm_backward(rows, grad, scale, dx, dy)
+        if near is not None and weight is not None:
+            nearfield.direct_backward(
+                self.x, self.y, rows[near.rows], near.cols, weight, self.direct_factor, dx, dy, grad.numel()
+            )
+
+    def _gemm_backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
+        """:meth:`backward` of the entries in the distance's own (GEMM) form."""
         raise NotImplementedError
 
     def finish(self, dy: Tensor) -> None:
@@ -208,78 +353,96 @@ class StripDistance:
 
 
 class _CosineDistance(StripDistance):
-    """d = 1 - <x, y> on centred unit (or zero) vectors; u = <x, y>."""
+    """d = 1 - <x, y> on centred unit (or zero) vectors; u = [x, 1] [y, -1]^T = -d. Near field: 1/2 |x - y|^2."""
+
+    direct_factor = 1.0
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        super().__init__(x, y)
+        self._y_neg = torch.cat((y, y.new_full((y.shape[0], 1), -1.0)), dim=1)
+        norm_x, norm_y = x.pow(2).sum(-1), y.pow(2).sum(-1)  # 1 (unit vectors) or exactly 0 (zero vectors)
+        unit = nearfield.gemm_unit_roundoff(x)
+        self.bound = nearfield.rounding_bound(norm_x, norm_y.amax(), x.shape[1], unit)
+        # 1/2 for each zero vector: a zero vector stays at distance 1 from everything in the direct form.
+        self._half_zero_x = (norm_x == 0).to(x.dtype).mul_(0.5)
+        self._half_zero_y = (norm_y == 0).to(y.dtype).mul_(0.5)
 
     def affinity(self, rows: Tensor | slice, out: Tensor) -> Tensor:
-        return torch.matmul(self.x[rows], self.y.mT, out=out)
+        xs = self.x[rows]  # [x, 1] per strip: (R, C + 1), no (N, C + 1) copy of x
+        return torch.matmul(torch.cat((xs, xs.new_ones(xs.shape[0], 1)), dim=1), self._y_neg.mT, out=out)
 
-    def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
-        # d = 1 - <x, y>: the gradient on u is minus the gradient on d.
+    def direct(self, rows: Tensor, cols: Tensor, max_elements: int) -> Tensor:
+        half = nearfield.direct_l2(self.x, self.y, rows, cols, max_elements).mul_(0.5)
+        return half.add_(self._half_zero_x[rows]).add_(self._half_zero_y[cols])
+
+    def _gemm_backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
+        # d = 1 - <x, y>: dd/dx = -y, dd/dy = -x.
         xs = self.x[rows]
         dx[rows] = (grad @ self.y).mul_(-scale.unsqueeze(1))
         dy.addmm_(grad.mT, xs * scale.unsqueeze(1), alpha=-1.0)
 
 
 class _SquaredL2Distance(StripDistance):
-    """d = |x|^2 + |y|^2 - 2 <x, y>; u = [x, 1] [2y, -|y|^2]^T in one GEMM, beta = |x|^2."""
+    """d = |x' - y'|^2, x' = x - c, y' = y - c; u = [x', 1, |x'|^2] [2y', -|y'|^2, -1]^T = -d in one GEMM.
+
+    c is the mean of the target vectors: it does not change d, but the GEMM form's rounding grows
+    with |x'|^2 + |y'|^2, which centring keeps at the scale of the data's spread instead of its offset.
+    """
 
     def __init__(self, x: Tensor, y: Tensor) -> None:
         super().__init__(x, y)
-        ones_x = x.new_ones(x.shape[0], 1)
-        ones_y = y.new_ones(y.shape[0], 1)
-        self.base = x.pow(2).sum(-1)
-        # d <= (|x| + max |y|)^2, so u = |x|^2 - d is at least |x|^2 - (|x| + max |y|)^2.
-        norm_x = self.base.sqrt()
-        self.floor = self.base - (norm_x + y.norm(dim=-1).amax()).pow(2) - 1e-3 * (1.0 + self.base)
-        self._x1 = torch.cat((x, ones_x), dim=1)
-        self._y_aug = torch.cat((2.0 * y, -y.pow(2).sum(-1, keepdim=True)), dim=1)
-        self._y1 = torch.cat((y, ones_y), dim=1)
+        centre = y.mean(dim=0, keepdim=True)
+        xc, yc = x - centre, y - centre
+        norm_x, norm_y = xc.pow(2).sum(-1, keepdim=True), yc.pow(2).sum(-1, keepdim=True)
+        self._x1 = torch.cat((xc, x.new_ones(x.shape[0], 1), norm_x), dim=1)
+        self._y_aug = torch.cat((2.0 * yc, -norm_y, y.new_full((y.shape[0], 1), -1.0)), dim=1)
+        self._y1 = torch.cat((yc, y.new_ones(y.shape[0], 1)), dim=1)
+        unit = nearfield.gemm_unit_roundoff(x)
+        self.bound = nearfield.rounding_bound(norm_x.squeeze(1), norm_y.amax(), x.shape[1], unit)
         self._acc: Tensor | None = None
 
     def affinity(self, rows: Tensor | slice, out: Tensor) -> Tensor:
         return torch.matmul(self._x1[rows], self._y_aug.mT, out=out)
 
-    def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
-        # dx_i = 2 (rowsum_i(D) x_i - (D y)_i), dy_j = 2 (colsum_j(D) y_j - (D^T x)_j), D = scale * grad;
-        # the ones column of y1 / of the scaled x gives the row / column sums inside the GEMMs.
-        xs = self.x[rows]
+    def direct(self, rows: Tensor, cols: Tensor, max_elements: int) -> Tensor:
+        return nearfield.direct_l2(self.x, self.y, rows, cols, max_elements)  # raw vectors: no centring rounding
+
+    def _gemm_backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
+        # dx_i = 2 (rowsum_i(D) x'_i - (D y')_i), dy_j = 2 (colsum_j(D) y'_j - (D^T x')_j), D = scale * grad;
+        # the ones column of y1 / of the scaled x1 gives the row / column sums inside the GEMMs.
+        c = self.x.shape[1]
+        x1 = self._x1[rows, : c + 1]
         py = grad @ self._y1
-        c = xs.shape[1]
-        dx[rows] = (xs * py[:, c:] - py[:, :c]).mul_(2.0 * scale.unsqueeze(1))
-        if self._acc is None:  # columns :C accumulate D^T x, column C the column sums of D
+        dx[rows] = (x1[:, :c] * py[:, c:] - py[:, :c]).mul_(2.0 * scale.unsqueeze(1))
+        if self._acc is None:  # columns :C accumulate D^T x', column C the column sums of D
             self._acc = self.y.new_zeros(self.y.shape[0], c + 1)
-        self._acc.addmm_(grad.mT, self._x1[rows] * scale.unsqueeze(1))
+        self._acc.addmm_(grad.mT, x1 * scale.unsqueeze(1))
 
     def finish(self, dy: Tensor) -> None:
         if self._acc is not None:
             c = self.y.shape[1]
-            dy.addcmul_(self._acc[:, c:], self.y, value=2.0).sub_(self._acc[:, :c], alpha=2.0)
+            dy.addcmul_(self._acc[:, c:], self._y1[:, :c], value=2.0).sub_(self._acc[:, :c], alpha=2.0)
 
 
 class _L1Distance(StripDistance):
-    """d = sum |x - y| (torch.cdist, p = 1); u = -d. The backward is autograd of one strip's cdist."""
+    """d = sum |x - y| (torch.cdist, p = 1); u = -d. The backward is cdist's own backward of one strip.
+
+    cdist computes each distance directly (no cancellation), so no row is ever refined (``bound`` is None).
+    """
 
     clamp = False
-    extra_tiles = 1
-
-    def __init__(self, x: Tensor, y: Tensor) -> None:
-        super().__init__(x, y)
-        self.base = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        # d <= |x|_1 + max |y|_1.
-        norm_x = x.abs().sum(-1)
-        self.floor = -(norm_x + y.abs().sum(-1).amax()) * (1.0 + 1e-3) - 1e-3
 
     def affinity(self, rows: Tensor | slice, out: Tensor) -> Tensor:
         return torch.cdist(self.x[rows], self.y, p=1.0).neg_()
 
-    def backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
-        with torch.enable_grad():
-            xs = self.x[rows].detach().requires_grad_(True)
-            y = self.y.detach().requires_grad_(True)
-            d = torch.cdist(xs, y, p=1.0)
-            gx, gy = torch.autograd.grad(d, (xs, y), grad.mul_(scale.unsqueeze(1)))
-        dx[rows] = gx
-        dy.add_(gy)
+    def _gemm_backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
+        # cdist's derivative formula, called directly: the engine runs inside a custom operator,
+        # below autograd, where autograd.grad of a recomputed cdist would record nothing.
+        xs = self.x[rows].contiguous()
+        d = torch.cdist(xs, self.y, p=1.0)
+        g = grad.mul_(scale.unsqueeze(1))
+        dx[rows] = torch.ops.aten._cdist_backward(g, xs, self.y, 1.0, d)
+        dy.add_(torch.ops.aten._cdist_backward(g.mT.contiguous(), self.y, xs, 1.0, d.mT.contiguous()))
 
 
 _DISTANCES: dict[str, type[StripDistance]] = {

@@ -62,7 +62,25 @@ class FeatureUnion(nn.Module):
 
 
 def normalize_layers(layers: LayersArg) -> dict[str, float] | None:
-    """``layers=`` as a dict of name -> weight (>= 0); a name or a list gives weight 1 to each."""
+    """``layers=`` as a dict of name -> weight (>= 0); a name or a list gives weight 1 to each.
+
+    Args:
+        layers: a layer name, a sequence of names, a mapping of name -> weight, or ``None``.
+
+    Returns:
+        The dict of name -> float weight, or ``None`` for ``None``.
+
+    Raises:
+        TypeError: not a name, a sequence of names or a mapping with string keys.
+        ValueError: an empty collection or a negative weight.
+
+    Examples:
+        >>> normalize_layers(["relu3_2", "relu4_2"])
+        {'relu3_2': 1.0, 'relu4_2': 1.0}
+        >>> normalize_layers({"relu3_2": 2})
+        {'relu3_2': 2.0}
+
+    """
     if layers is None:
         return None
     if isinstance(layers, str):
@@ -147,6 +165,21 @@ def select_features(
     Returns:
         ``(extractor, layer_weights)``; ``layer_weights`` is ``None`` when ``features`` is given
         without ``layers``, meaning every map it returns, with weight 1.
+
+    Args:
+        layers, use_vgg, vgg_layer, features, patch_size, padding, weights, pooling, input_range:
+            the loss modules' arguments of the same names (see
+            :class:`~contextual_loss.modules.ContextualLoss`).
+
+    Raises:
+        TypeError, ValueError: arguments that contradict each other or name unknown layers.
+
+    Examples:
+        >>> extractor, weights = select_features(
+        ...     layers=None, use_vgg=False, vgg_layer="relu3_4", features=None, patch_size=5,
+        ...     padding="reflect", weights="imagenet", pooling="max", input_range=(0.0, 1.0))
+        >>> type(extractor).__name__, weights
+        ('PatchFeatures', {'patches': 1.0})
 
     """
     layer_weights = _compat_layers(use_vgg, vgg_layer, normalize_layers(layers))

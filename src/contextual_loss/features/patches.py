@@ -6,7 +6,7 @@ The RGB-patch experiments of Mechrez et al. (ECCV 2018) and the n x n RGB patche
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -16,7 +16,7 @@ from contextual_loss._validation import check_choice, check_positive_int
 __all__ = ["IdentityFeatures", "PatchFeatures", "extract_patches"]
 
 Padding = Literal["reflect", "zero", "none"]
-PADDINGS = ("reflect", "zero", "none")
+PADDINGS: tuple[str, ...] = get_args(Padding)
 
 
 def extract_patches(image: Tensor, size: int, padding: Padding = "reflect") -> Tensor:
@@ -33,6 +33,18 @@ def extract_patches(image: Tensor, size: int, padding: Padding = "reflect") -> T
 
     Returns:
         (B, C * n * n, H', W'); the only large tensor allocated is this one.
+
+    Raises:
+        TypeError: ``image`` is not a tensor, or ``size`` not an int.
+        ValueError: ``image`` is not 4-d, ``size`` < 1, an unknown ``padding``, or patches that do
+            not fit the image.
+
+    Examples:
+        >>> import torch
+        >>> extract_patches(torch.rand(2, 3, 16, 12), 5).shape
+        torch.Size([2, 75, 16, 12])
+        >>> extract_patches(torch.rand(2, 3, 16, 12), 5, "none").shape
+        torch.Size([2, 75, 12, 8])
 
     """
     check_positive_int("size", size)
@@ -60,8 +72,16 @@ class PatchFeatures(nn.Module):
     """n x n patches of the image as features, under the layer name ``"patches"``.
 
     Args:
-        size: patch side n.
-        padding: ``"reflect"`` (default), ``"zero"`` or ``"none"``.
+        size: patch side n >= 1.
+        padding: ``"reflect"`` (default), ``"zero"`` or ``"none"``; see :func:`extract_patches`.
+
+    Raises:
+        TypeError, ValueError: as :func:`extract_patches`, for ``size`` and ``padding``.
+
+    Examples:
+        >>> import torch
+        >>> PatchFeatures(3)(torch.rand(1, 3, 8, 8))["patches"].shape
+        torch.Size([1, 27, 8, 8])
 
     """
 
@@ -82,7 +102,21 @@ class PatchFeatures(nn.Module):
 
 
 class IdentityFeatures(nn.Module):
-    """The input itself as the features, under the layer name ``"input"``."""
+    """The input itself as the features, under the layer name ``"input"``.
+
+    Takes no arguments: ``IdentityFeatures()(image)`` is ``{"input": image}`` for images
+    (B, C, H, W).
+
+    Attributes:
+        (none): the module holds no parameters or buffers.
+
+    Examples:
+        >>> import torch
+        >>> image = torch.rand(1, 3, 4, 4)
+        >>> IdentityFeatures()(image)["input"] is image
+        True
+
+    """
 
     def forward(self, image: Tensor) -> dict[str, Tensor]:
         """Return ``{"input": image}``."""

@@ -9,24 +9,39 @@ Layer names: ``conv{b}_{k}`` is the output of the k-th convolution of block b *b
 ``relu{b}_{k}`` the same activation after the ReLU, ``pool{b}`` the output of block b's pooling
 (b in 1..5; blocks 1-2 have 2 convolutions, blocks 3-5 have 4). :data:`VGG19_LAYERS` maps each
 name to its index in ``torchvision.models.vgg19().features``.
+
+Checkpoints: weights the extractor can load again by itself (``weights="imagenet"`` or a path) are
+left out of its ``state_dict``, so a model holding a VGG-based loss saves only its own weights and
+its checkpoint loads into the same model without the loss. What the extractor cannot reload (random
+weights, a state dict passed in memory, or weights changed after loading) is saved as usual.
+Checkpoints that hold the weights, such as those written before this behaviour, load as before. The
+state dict's metadata records the left-out weights' source and a fingerprint (per-tensor sums of
+``|w|`` and ``w**2``): loading the checkpoint into an extractor with other weights raises instead of
+silently computing another loss.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 from contextual_loss._validation import check_choice
-from contextual_loss.features.weights import WeightsArg, load_vgg19_state_dict
+from contextual_loss.features.weights import (
+    RELOADABLE_SOURCES,
+    WeightsArg,
+    WeightsSource,
+    load_vgg19_state_dict,
+    weights_source,
+)
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "VGG19_LAYERS", "VGG19Features", "parse_vgg19_layers"]
 
 Pooling = Literal["max", "avg"]
-POOLINGS = ("max", "avg")
+POOLINGS: tuple[str, ...] = get_args(Pooling)
 
 #: torchvision's normalisation for its ImageNet weights (inputs in [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -62,9 +77,19 @@ VGG19_LAYERS: dict[str, int] = _layer_table(_VGG19_CONFIG)
 def parse_vgg19_layers(layers: str | Sequence[str]) -> tuple[str, ...]:
     """Check VGG19 layer names and return them as a tuple without duplicates, in the given order.
 
+    Args:
+        layers: one name or a sequence of names (see :data:`VGG19_LAYERS`).
+
+    Returns:
+        The names, each once, in the order given.
+
     Raises:
         TypeError: ``layers`` is not a string or a sequence of strings.
         ValueError: an unknown name, or an empty sequence.
+
+    Examples:
+        >>> parse_vgg19_layers(["relu3_2", "conv4_2", "relu3_2"])
+        ('relu3_2', 'conv4_2')
 
     """
     names = (layers,) if isinstance(layers, str) else layers
@@ -109,9 +134,27 @@ def _config_prefix(last: int) -> list[int | str]:
     return prefix
 
 
+def _torchvision_make_layers() -> Any:
+    """The VGG builder of torchvision, imported here: the losses alone never need torchvision.
+
+    Raises:
+        ImportError: torchvision is missing or cannot be imported (a torchvision built for another
+            torch fails with errors such as ``operator torchvision::nms does not exist``).
+
+    """
+    try:
+        from torchvision.models.vgg import make_layers
+    except Exception as error:  # ImportError, or the RuntimeError of a torchvision that does not match torch
+        raise ImportError(
+            f"VGG19 features need torchvision, which cannot be imported ({type(error).__name__}: {error}); "
+            f"install the torchvision release that matches torch {torch.__version__.split('+')[0]}"
+        ) from error
+    return make_layers
+
+
 def _build_body(last: int, pooling: str) -> nn.Sequential:
     """Build torchvision's VGG19 ``features`` up to index ``last``, on the meta device (no memory yet)."""
-    from torchvision.models.vgg import make_layers  # imported here: the losses alone never need torchvision
+    make_layers = _torchvision_make_layers()
 
     # Only the needed prefix, and without initialising it: weights are either loaded or drawn later.
     with torch.device("meta"):
@@ -124,11 +167,53 @@ def _build_body(last: int, pooling: str) -> nn.Sequential:
     return body
 
 
+#: Key of the state-dict metadata (``state_dict._metadata[prefix]``) that records left-out weights.
+_METADATA_KEY = "vgg19_weights"
+
+#: Relative tolerance of fingerprint comparisons: converting the extractor to float16 or bfloat16 stays
+#: well within it; other weights (random, another checkpoint) are orders of magnitude outside.
+_FINGERPRINT_RTOL = 1e-3
+
+
+def _fingerprint(body: nn.Module) -> dict[str, list[float]]:
+    """Per tensor, [sum |w|, sum w^2] in float64: the same for the same weights on any device, in any dtype."""
+    prints: dict[str, list[float]] = {}
+    for key, value in body.state_dict().items():
+        l1 = torch.linalg.vector_norm(value, 1, dtype=torch.float64)
+        l2 = torch.linalg.vector_norm(value, 2, dtype=torch.float64)
+        prints[key] = [float(l1), float(l2) ** 2]
+    return prints
+
+
+def _same_weights(a: dict[str, list[float]], b: dict[str, list[float]]) -> bool:
+    """Whether two fingerprints agree on the tensors they share (within :data:`_FINGERPRINT_RTOL`)."""
+    shared = a.keys() & b.keys()
+    return all(math.isclose(u, v, rel_tol=_FINGERPRINT_RTOL) for k in shared for u, v in zip(a[k], b[k], strict=True))
+
+
+def _leave_out_reloadable_weights(
+    module: VGG19Features, state_dict: dict[str, Tensor], prefix: str, local_metadata: dict[str, object]
+) -> None:
+    """``state_dict`` hook: drop the weights the extractor reloads by itself and record their fingerprint."""
+    if module.weights_source not in RELOADABLE_SOURCES:
+        return
+    current = _fingerprint(module.body)
+    if not _same_weights(current, module._loaded_fingerprint):
+        return  # changed since construction (trained, or loaded from a checkpoint): only the state dict has them
+    body = prefix + "body"
+    for key in [key for key in state_dict if key.startswith(body + ".")]:
+        del state_dict[key]
+    metadata = getattr(state_dict, "_metadata", {})  # the body's own entries describe what was left out
+    for key in [key for key in metadata if key == body or key.startswith(body + ".")]:
+        del metadata[key]
+    local_metadata[_METADATA_KEY] = {"source": module.weights_source, "fingerprint": current}
+
+
 def _random_init(body: nn.Sequential) -> None:
     """The initialisation of ``torchvision.models.vgg19(weights=None)``, on the CPU."""
     body.to_empty(device="cpu")
     for layer in body:
-        if isinstance(layer, nn.Conv2d):
+        if isinstance(layer, nn.Conv2d) and layer.bias is not None:  # VGG19's convolutions all have a bias
             nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(layer.bias)
 
@@ -164,7 +249,8 @@ class VGG19Features(nn.Module):
             ``("relu3_2", "relu4_2")``.
         weights: ``"imagenet"`` (default: torchvision's ``VGG19_Weights.IMAGENET1K_V1`` from the
             torch hub cache), a path to a state dict in torchvision's format, a state dict, or
-            ``None`` for random weights; see :mod:`contextual_loss.features.weights`.
+            ``None`` for random weights; see :mod:`contextual_loss.features.weights`. ImageNet and
+            file weights are left out of ``state_dict()`` (see the module's "Checkpoints").
         pooling: ``"max"`` (torchvision's network) or ``"avg"`` (the papers' VGG).
         input_range: the (low, high) range of the input pixels, mapped to [0, 1] before the
             ImageNet normalisation: (0, 1) by default, (-1, 1) for tanh outputs, (0, 255) for
@@ -182,6 +268,9 @@ class VGG19Features(nn.Module):
 
     mean: Tensor
     std: Tensor
+    #: Where the weights came from at construction; ``"imagenet"`` and ``"file"`` weights are left out of
+    #: checkpoints while they are unchanged.
+    weights_source: WeightsSource
 
     def __init__(
         self,
@@ -204,10 +293,43 @@ class VGG19Features(nn.Module):
             _random_init(self.body)
         else:
             _load(self.body, state, max(self.layers, key=VGG19_LAYERS.__getitem__))
+        self.weights_source = weights_source(weights)
+        self._loaded_fingerprint = _fingerprint(self.body) if self.weights_source in RELOADABLE_SOURCES else {}
+        # A private hook (the public register_state_dict_post_hook is missing from older torch releases).
+        self._register_state_dict_hook(_leave_out_reloadable_weights)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         super().train(False)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Tensor],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Accept checkpoints without the weights when this extractor holds the same ones (see "Checkpoints")."""
+        body = prefix + "body."
+        if not any(key.startswith(body) for key in state_dict):
+            saved = local_metadata.get(_METADATA_KEY)
+            if saved is not None and not _same_weights(saved["fingerprint"], _fingerprint(self.body)):
+                where, ours = prefix[:-1] or "the extractor", _describe(self.weights_source)
+                error_msgs.append(
+                    f"the checkpoint was written with VGG19 weights from {_describe(saved['source'])}, left out of "
+                    f"it, and {where} holds other weights (from {ours}); construct the loss with the same weights= "
+                    "as when the checkpoint was written"
+                )
+            elif saved is not None or self.weights_source in RELOADABLE_SOURCES:
+                # Left out on saving (or a checkpoint written without this loss): keep the weights loaded at
+                # construction, so that neither strict loading nor load_state_dict(assign=True) sees a gap.
+                state_dict.update({body + key: value for key, value in self.body.state_dict(keep_vars=True).items()})
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def train(self, mode: bool = True) -> VGG19Features:
         """Stay in eval mode whatever ``mode`` is: the extractor is frozen."""
@@ -244,4 +366,16 @@ class VGG19Features(nn.Module):
 
     def extra_repr(self) -> str:
         """Summarise the options in ``repr``."""
-        return f"layers={self.layers}, pooling={self.pooling!r}, input_range={self.input_range}"
+        return (
+            f"layers={self.layers}, pooling={self.pooling!r}, input_range={self.input_range}, "
+            f"weights={self.weights_source!r}"
+        )
+
+
+def _describe(source: str) -> str:
+    return {
+        "imagenet": "the ImageNet checkpoint (weights='imagenet')",
+        "file": "a file (weights=PATH)",
+        "state_dict": "a state dict passed as weights",
+        "random": "the random initialisation (weights=None)",
+    }.get(source, repr(source))

@@ -18,7 +18,7 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import torch
 from torch import Tensor
@@ -27,25 +27,25 @@ if TYPE_CHECKING:
     from torchvision.models import VGG19_Weights
 
 __all__ = [
+    "RELOADABLE_SOURCES",
+    "VGG19_IMAGENET_URL",
     "WeightsArg",
     "WeightsNotFoundError",
+    "WeightsSource",
     "download_vgg19_weights",
     "load_vgg19_state_dict",
     "vgg19_cache_path",
+    "weights_source",
 ]
 
 #: What ``weights=`` accepts: ``"imagenet"``, a torchvision enum member, a path, a state dict or ``None``.
 WeightsArg = Union[str, os.PathLike[str], "VGG19_Weights", Mapping[str, Tensor], None]
 
 
-def _imagenet() -> VGG19_Weights:
-    """The ImageNet member of torchvision's ``VGG19_Weights``, imported on first use.
-
-    The losses themselves never import torchvision: it adds about 160 MB of resident memory.
-    """
-    from torchvision.models import VGG19_Weights
-
-    return VGG19_Weights.IMAGENET1K_V1
+#: torchvision's ``VGG19_Weights.IMAGENET1K_V1.url``, written here so that finding, downloading and
+#: naming the file never imports torchvision (a test checks it against torchvision). The file name
+#: ends in the first hex digits of the file's SHA-256, which the download checks.
+VGG19_IMAGENET_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
 
 
 def _is_torchvision_weights(weights: object) -> bool:
@@ -53,6 +53,14 @@ def _is_torchvision_weights(weights: object) -> bool:
     models = sys.modules.get("torchvision.models")
     return models is not None and isinstance(weights, models.VGG19_Weights)
 
+
+#: Where an extractor's weights came from: torchvision's ImageNet checkpoint in the torch hub cache, a
+#: file, an in-memory state dict or the random initialisation.
+WeightsSource = Literal["imagenet", "file", "state_dict", "random"]
+
+#: The sources a loss reads again by itself when it is constructed: checkpoints need not hold their
+#: weights. A state dict passed in memory or random weights cannot be recovered that way.
+RELOADABLE_SOURCES: tuple[WeightsSource, ...] = ("imagenet", "file")
 
 _FEATURE_KEY = re.compile(r"features\.(\d+)\.(weight|bias)")
 
@@ -62,8 +70,19 @@ class WeightsNotFoundError(FileNotFoundError):
 
 
 def vgg19_cache_path() -> Path:
-    """Where the torch hub cache keeps torchvision's ImageNet VGG19 checkpoint (honours ``TORCH_HOME``)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_imagenet().url)
+    """Where the torch hub cache keeps torchvision's ImageNet VGG19 checkpoint (honours ``TORCH_HOME``).
+
+    Returns:
+        ``$TORCH_HOME/hub/checkpoints/vgg19-dcbb9e9d.pth`` (by default under ``~/.cache/torch``),
+        whether or not the file exists. Neither this function nor a download imports torchvision.
+
+    Examples:
+        >>> from contextual_loss.features import vgg19_cache_path
+        >>> vgg19_cache_path().name
+        'vgg19-dcbb9e9d.pth'
+
+    """
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(VGG19_IMAGENET_URL)
 
 
 def _hash_prefix(url: str) -> str | None:
@@ -84,30 +103,51 @@ def download_vgg19_weights(dest: str | os.PathLike[str] | None = None, *, progre
         The path of the checkpoint. An existing file is kept, not downloaded again.
 
     Raises:
-        WeightsNotFoundError: the download failed (no network, HTTP error, ...).
+        WeightsNotFoundError: the download failed (no network, HTTP error, ...) or the file failed
+            its SHA-256 check.
+        NotADirectoryError: ``dest`` or one of its parents is a file.
+
+    Examples:
+        >>> path = download_vgg19_weights()  # 548 MB from download.pytorch.org  # doctest: +SKIP
+        >>> path.name  # doctest: +SKIP
+        'vgg19-dcbb9e9d.pth'
 
     """
     folder = vgg19_cache_path().parent if dest is None else Path(dest)
-    target = folder / os.path.basename(_imagenet().url)
+    target = folder / os.path.basename(VGG19_IMAGENET_URL)
     if target.is_file():
         return target
+    blocking = _blocking_file(folder)
+    if blocking is not None:
+        raise NotADirectoryError(f"cannot save the weights into {folder}: {blocking} is a file, not a folder")
     folder.mkdir(parents=True, exist_ok=True)
     try:
         # Writes to a temporary file in ``folder`` and renames it, so no partial file is left behind.
         torch.hub.download_url_to_file(
-            _imagenet().url, str(target), hash_prefix=_hash_prefix(_imagenet().url), progress=progress
+            VGG19_IMAGENET_URL, str(target), hash_prefix=_hash_prefix(VGG19_IMAGENET_URL), progress=progress
         )
     except OSError as error:  # URLError, socket errors, SSL errors and HTTP errors are all OSErrors
-        reason = f"downloading {_imagenet().url} to {target} failed ({error})"
+        reason = f"downloading {VGG19_IMAGENET_URL} to {target} failed ({error})"
+        raise WeightsNotFoundError(_missing_message(reason)) from error
+    except RuntimeError as error:  # torch.hub's only RuntimeError here: the SHA-256 prefix does not match
+        reason = f"the file downloaded from {VGG19_IMAGENET_URL} failed its SHA-256 check ({error}); nothing was kept"
         raise WeightsNotFoundError(_missing_message(reason)) from error
     return target
+
+
+def _blocking_file(folder: Path) -> Path | None:
+    """The first of ``folder`` and its parents that exists, if it is not a folder."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
 
 
 def _missing_message(reason: str) -> str:
     cache = vgg19_cache_path()
     return (
         f"the ImageNet weights of VGG19 are not in the torch hub cache at {cache} ({reason}). On a machine "
-        "with internet, run `contextual-loss download-weights` (add `--dest DIR` to choose the folder) and copy "
+        "with internet, run `contextual-loss download-weights` (add `--out DIR` to choose the folder) and copy "
         f"the file to {cache} here (or set TORCH_HOME to a folder holding hub/checkpoints/{cache.name}), or pass "
         "weights=PATH to the file; weights=None gives random weights"
     )
@@ -171,6 +211,10 @@ def load_vgg19_state_dict(weights: WeightsArg, *, download: bool = True) -> dict
         ValueError: the file is unreadable or not a torchvision VGG19 state dict.
         TypeError: ``weights`` has an unsupported type.
 
+    Examples:
+        >>> load_vgg19_state_dict(None) is None  # random weights: nothing to load
+        True
+
     """
     if weights is None:
         return None
@@ -187,3 +231,24 @@ def load_vgg19_state_dict(weights: WeightsArg, *, download: bool = True) -> dict
         )
     _check_format(state, source)
     return {key.removeprefix("features."): value for key, value in state.items() if key.startswith("features.")}
+
+
+def weights_source(weights: WeightsArg) -> WeightsSource:
+    """Where weights accepted by :func:`load_vgg19_state_dict` come from (see :data:`WeightsSource`).
+
+    Args:
+        weights: anything ``weights=`` accepts.
+
+    Returns:
+        ``"imagenet"``, ``"file"``, ``"state_dict"`` or ``"random"``.
+
+    Examples:
+        >>> weights_source("imagenet"), weights_source("vgg19.pth"), weights_source(None)
+        ('imagenet', 'file', 'random')
+
+    """
+    if _is_torchvision_weights(weights) or (isinstance(weights, str) and weights == "imagenet"):
+        return "imagenet"
+    if isinstance(weights, (str, os.PathLike)):
+        return "file"
+    return "random" if weights is None else "state_dict"

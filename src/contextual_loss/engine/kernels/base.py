@@ -133,8 +133,10 @@ class StripKernels(Protocol):
             rows: the forward statistics of those rows ((R,) each; ``clamped`` is not ``None``).
             gamma_base: (R,) gamma_i / c_i without the entropy: sum_{j: i*(j) = i} g_j A_j / r_i.
             band_width: h.
-            argmax_rows: (Q,) int64 strip-local rows of the best-match entries to set.
-            argmax_cols: (Q,) int64 their columns.
+            argmax_rows: (Q,) int64 strip-local rows of the best-match entries to set, in
+                non-decreasing order (so that an implementation can give each row's entries to the
+                thread that computes the row).
+            argmax_cols: (Q,) int64 their columns; the pairs are distinct.
             argmax_values: (Q,) their values (the closed form of s r p - s g at those entries, per c_i).
 
         """

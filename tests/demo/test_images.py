@@ -1,20 +1,11 @@
-"""Built-in data: the seed example, the texture, the periodic pattern, rotation."""
+"""Built-in images: the texture, the periodic pattern, blur, rotation."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from contextual_loss.synthetic import SEED_X, gaussian_blur, periodic_pattern, rotate, seed_images, texture
-
-
-def test_seed_images() -> None:
-    x, y = seed_images((2, 0, 1))
-    assert x.shape == y.shape == (1, 3, 1, 3) and x.dtype == torch.float64
-    assert x[0, :, 0, 0].tolist() == [v / 255 for v in SEED_X[0]]
-    assert torch.equal(y, seed_images()[1][..., [2, 0, 1]])
-    with pytest.raises(ValueError, match="permutation"):
-        seed_images((0, 0, 1))
+from contextual_loss.demo.images import gaussian_blur, periodic_pattern, rotate, texture
 
 
 def test_texture_is_deterministic_and_in_range() -> None:

@@ -76,6 +76,7 @@ int NAME(cl_forward_strip)(int64_t rows, int64_t m, T *u, const T *base, int cla
                            double lowest, T *umax, int64_t *argmin, T *scale, T *log_norm, uint8_t *clamped,
                            int write_a, T *best, int64_t *index, int64_t row0, int threads) {
     int update = best != NULL && index != NULL && !write_a;
+    threads = strip_threads(threads, rows, m);
     T *col_best = NULL;
     int32_t *col_row = NULL;
     if (update) {
@@ -139,14 +140,37 @@ int NAME(cl_forward_strip)(int64_t rows, int64_t m, T *u, const T *base, int cla
     return 0;
 }
 
+/* First position e in [0, q) with rows_sorted[e] >= row (rows_sorted non-decreasing). */
+static int64_t NAME(lower_bound)(const int64_t *rows_sorted, int64_t q, int64_t row) {
+    int64_t lo = 0, hi = q;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (rows_sorted[mid] < row)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 /*
- * Backward pass over one recomputed strip of affinities u (rows x m): a_ik = (u_ik - umax_i) s_i - L_i
- * as in the forward pass (a = -L_i at k(i)), u is overwritten with p_ik = exp(a_ik), and entropy_i
- * is set to -sum_k p_ik a_ik. Returns 0.
+ * Backward pass over one recomputed strip of affinities u (rows x m), overwritten with the strip's
+ * gradient G per unit of the row scale (see kernels/base.py), row by row in one parallel loop:
+ *   a_ik = (u_ik - umax_i) s_i - L_i as in the forward pass (a = -L_i at k(i)), p_ik = exp(a_ik),
+ *   H_i = -sum_k p_ik a_ik, gamma_i = -h (gamma_base_i + H_i) (0 where clamped_i);
+ *   G_ik = p_ik, then G at the row's best-match entries (arg_rows, arg_cols) = arg_values, then
+ *   G_{i k(i)} += gamma_i.
+ * The q best-match entries are sorted by row (arg_rows non-decreasing), so each row's thread finds
+ * its own entries and no step waits for another row. Returns 0, or 2 if arg_rows is not sorted.
  */
 int NAME(cl_backward_strip)(int64_t rows, int64_t m, T *u, const T *umax, const T *scale, const int64_t *argmin,
-                            const T *log_norm, double lowest, T *entropy, int threads) {
-    T low = (T)lowest;
+                            const T *log_norm, const uint8_t *clamped, const T *gamma_base, double h, double lowest,
+                            int64_t q, const int64_t *arg_rows, const int64_t *arg_cols, const T *arg_values,
+                            int threads) {
+    for (int64_t e = 1; e < q; e++)
+        if (arg_rows[e] < arg_rows[e - 1]) return 2;
+    T low = (T)lowest, minus_h = (T)(-h);
+    threads = strip_threads(threads, rows, m);
 #pragma omp parallel for schedule(dynamic, ROW_CHUNK) num_threads(threads)
     for (int64_t i = 0; i < rows; i++) {
         T *row = u + i * m;
@@ -165,7 +189,11 @@ int NAME(cl_backward_strip)(int64_t rows, int64_t m, T *u, const T *umax, const 
             }
             total += (double)part;
         }
-        entropy[i] = (T)(-total);
+        T entropy = (T)(-total);
+        T gamma = (clamped != NULL && clamped[i]) ? (T)0 : (gamma_base[i] + entropy) * minus_h;
+        for (int64_t e = NAME(lower_bound)(arg_rows, q, i); e < q && arg_rows[e] == i; e++)
+            row[arg_cols[e]] = arg_values[e];
+        row[k] += gamma;
     }
     return 0;
 }

@@ -1,4 +1,4 @@
-"""Shared measurements: seed permutations, misalignment study, match statistics, Spearman, KL."""
+"""Statistics of the demo and the experiments: one-to-one matches, Spearman, Gaussian KL."""
 
 from __future__ import annotations
 
@@ -7,40 +7,7 @@ import math
 import pytest
 import torch
 
-from contextual_loss.analysis import (
-    distinct_match_fraction,
-    gaussian_kl,
-    misalignment_study,
-    seed_permutations,
-    spearman,
-    unique_match_fraction,
-)
-from contextual_loss.synthetic import SEED_CX
-
-
-def test_seed_permutations_reproduce_the_definition() -> None:
-    rows = seed_permutations()
-    assert sorted(order for order, _ in rows) == sorted(
-        [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]
-    )
-    for _, value in rows:
-        assert value == pytest.approx(SEED_CX, abs=1e-12)  # the definition's value
-
-
-def test_misalignment_study_rows() -> None:
-    study = misalignment_study(size=16, patch_size=3, shifts=(0, 2), angle=4.0, weight_sp=0.1)
-    assert [row.label for row in study.rows] == ["shift 0 px", "shift 2 px", "rotation 4°", "unrelated"]
-    zero, shift, rotation, unrelated = study.rows
-    assert zero.l1 == 0.0 and zero.cx_loss == 0.0 and zero.cobi_loss == 0.0
-    assert unrelated.l1_fraction == unrelated.cx_fraction == unrelated.cobi_fraction == 1.0
-    assert shift.l1_fraction == pytest.approx(shift.l1 / unrelated.l1)
-    assert shift.cx_fraction == pytest.approx(shift.cx_loss / unrelated.cx_loss)
-    assert shift.shift == 2 and rotation.angle == 4.0
-    assert shift.cx_fraction < shift.l1_fraction  # the claim, on a small example
-    assert study.reference.shape == study.copies["shift 2 px"].shape == (1, 3, 16, 16)
-    torch.testing.assert_close(study.copies["shift 0 px"], study.reference)
-    with pytest.raises(KeyError, match="labels"):
-        study.row("shift 3 px")
+from contextual_loss.demo.statistics import distinct_match_fraction, gaussian_kl, spearman, unique_match_fraction
 
 
 def test_unique_and_distinct_fractions() -> None:

@@ -1,5 +1,7 @@
 /*
- * Fused per-strip kernels of the streaming engine, loaded by contextual_loss.engine.native.
+ * Fused per-strip kernels of the streaming engine, loaded by contextual_loss.engine.kernels.native.
+ * Each entry point is one OpenMP parallel region per strip: on a shared machine every region
+ * waits for all its threads to get a time slice, so fewer regions hold up better under load.
  *
  * The eager engine turns a strip of affinities u (rows x M, written by one GEMM) into the row
  * statistics and the running column maximum with about ten elementwise passes over the strip,
@@ -10,13 +12,15 @@
  * exponential (a polynomial here, about 1 ulp in float32) and the order of summation differ.
  * Row sums are accumulated in double.
  *
- * Forward, per row i (Mechrez et al., ECCV 2018; notation of the streaming design note):
+ * Forward, per row i (Mechrez et al., ECCV 2018; notation of docs/streaming.md):
  *   umax_i = max_k u_ik, k(i) its first index, m_i = beta_i - umax_i (clamped at 0 if asked),
  *   s_i = 1 / ((m_i + eps) h), t_ik = (u_ik - umax_i) s_i,
  *   L_i = log1p(sum_{k != k(i)} exp(t_ik)), a_ik = t_ik - L_i = log CX_ik,
  *   best_j = max_i a_ij, the first row winning ties (strictly greater across strips).
- * Backward, per recomputed row: a_ik = t_ik - L_i as above (a_{i,k(i)} = -L_i), p = exp(a)
- *   written over u, and the row entropy H_i = -sum_k p_ik a_ik.
+ * Backward, per recomputed row: a_ik = t_ik - L_i as above (a_{i,k(i)} = -L_i), p = exp(a),
+ *   the row entropy H_i = -sum_k p_ik a_ik, and the strip's gradient G written over u: p, with the
+ *   row's best-match entries replaced by the given values and gamma_i = -h (gamma_base_i + H_i)
+ *   added at k(i) (the maths and its derivation: kernels/base.py and docs/streaming.md).
  *
  * Threads take rows in small chunks as they become free. Each row's statistics are computed by one
  * thread alone, and the per-thread column maxima are merged with ties going to the smallest row,
@@ -34,8 +38,21 @@
 #define BLOCK 256
 /* Rows handed to a thread at a time. */
 #define ROW_CHUNK 4
+/* Entries of work per thread below which fewer threads are used (PyTorch's grain size): a small
+ * strip is not worth waking a thread for, and on a loaded machine every woken thread may wait for
+ * a time slice. The results do not depend on the number of threads. */
+#define GRAIN 32768
 
-int64_t cl_abi_version(void) { return 2; }
+/* The threads worth using for a strip of rows x m entries: at most `threads`, one per GRAIN
+ * entries, and at most one per ROW_CHUNK rows. */
+static inline int strip_threads(int threads, int64_t rows, int64_t m) {
+    int64_t by_work = rows * m / GRAIN, by_rows = (rows + ROW_CHUNK - 1) / ROW_CHUNK;
+    int64_t n = threads < by_work ? threads : by_work;
+    n = n < by_rows ? n : by_rows;
+    return n < 1 ? 1 : (int)n;
+}
+
+int64_t cl_abi_version(void) { return 3; }
 
 int cl_openmp(void) {
 #ifdef _OPENMP
