@@ -132,14 +132,6 @@ def test_table_rows_use_the_settings_the_table_states():
     assert T.loss_settings(T.config_for("cobi-cosine-ws0.1-all", 0)) == old
 
 
-_LIBRARY_PATCH_DISTANCE = ContextualLoss(patch_size=5).loss_type
-
-
-@pytest.mark.xfail(
-    _LIBRARY_PATCH_DISTANCE == "cosine",
-    reason="patch features still default to cosine here (the defaults that follow the features are not merged)",
-    strict=True,
-)
 def test_library_defaults_rows_are_the_library_defaults():
     cx, cobi = ContextualLoss(patch_size=5), ContextualBilateralLoss(patch_size=5)
     library = {"distance": cx.loss_type, "band_width": cx.band_width, "max_points": cx.max_points}
