@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -220,18 +221,26 @@ def train(
     ckpt_every: int = 100,
     cache_dir: Path | None = None,
     progress: bool = True,
+    batches: Callable[[int], tuple[Tensor, Tensor]] | None = None,
+    name: str | None = None,
+    loss_fn: PerImageLoss | None = None,
 ) -> dict:
     """Train one model; returns its final checkpoint dictionary (also saved under ``out``).
 
     Args:
-        cfg: the run's configuration.
-        out: the runs folder; the checkpoint goes to ``checkpoint_path(out, cfg.loss)``.
+        cfg: the run's configuration (any dataclass with ``check()`` and the fields this loop
+            reads: steps, batch_size, lr, seed, width, and those of :func:`build_loss`).
+        out: the runs folder; the checkpoint goes to ``checkpoint_path(out, name or cfg.loss)``.
         info: rank, world size and device (single CPU process by default).
         resume: continue from the checkpoint if there is one (its configuration must match).
         stop_after: stop (and save) after this many steps in total, as an interruption would.
         ckpt_every: save every this many steps.
         cache_dir: where generated training cards are cached.
         progress: show a tqdm progress bar (rank 0 only).
+        batches: ``batches(step)`` -> the global (input, target) batch of a step, a pure function of
+            the step; the cards of ``cfg`` by default. Other experiments train on their own data.
+        name: the run's name (its checkpoint folder and progress label); ``cfg.loss`` by default.
+        loss_fn: the per-image loss; ``build_loss(cfg)`` by default.
 
     """
     from tqdm.auto import tqdm
@@ -243,7 +252,8 @@ def train(
     torch.manual_seed(cfg.seed)  # identical initial weights in every process
     model = UNetLite(cfg.width).to(info.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    path = checkpoint_path(out, cfg.loss)
+    name = name or cfg.loss
+    path = checkpoint_path(out, name)
     # processes and threads change the order of floating-point sums, hence the trajectory slightly
     state = {"step": 0, "history": [], "config": asdict(cfg), "train_seconds": 0.0}
     state |= {"world": info.world, "threads": torch.get_num_threads()}
@@ -254,28 +264,30 @@ def train(
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         state = {k: ckpt.get(k, v) for k, v in state.items()}
-    cards = load_cards(cfg.train_cards, cfg.seed, cache_dir) if info.rank == 0 else None
-    if info.world > 1:
-        dist.barrier()  # rank 0 has written the cache; the others read it (or generate the same cards)
-    cards = cards if cards is not None else load_cards(cfg.train_cards, cfg.seed, cache_dir)
+    if batches is None:
+        cards = load_cards(cfg.train_cards, cfg.seed, cache_dir) if info.rank == 0 else None
+        if info.world > 1:
+            dist.barrier()  # rank 0 has written the cache; the others read it (or generate the same cards)
+        cards = cards if cards is not None else load_cards(cfg.train_cards, cfg.seed, cache_dir)
+        batches = partial(global_batch, cards, cfg)
     net: nn.Module = model
     if info.world > 1:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    loss_fn = build_loss(cfg)
+    loss_fn = loss_fn or build_loss(cfg)
     shard = cfg.batch_size // info.world
     last = min(cfg.steps, stop_after if stop_after is not None else cfg.steps)
     bar = tqdm(
         range(state["step"], last),
         initial=state["step"],
         total=cfg.steps,
-        desc=cfg.loss,
+        desc=name,
         disable=not progress or info.rank != 0,
         dynamic_ncols=True,
     )
     start = time.perf_counter()
     for step in bar:
-        camera, scan = global_batch(cards, cfg, step)
+        camera, scan = batches(step)
         lo, hi = info.rank * shard, (info.rank + 1) * shard
         camera, scan = camera[lo:hi].to(info.device), scan[lo:hi].to(info.device)
         for group in opt.param_groups:
