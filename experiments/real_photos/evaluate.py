@@ -43,7 +43,7 @@ from experiments.real_photos.data import (
 )
 from experiments.real_photos.train import ABLATIONS, DEFAULT_OUT, RUNS, PhotoConfig, checkpoint, loss_settings
 
-__all__ = ["LABELS", "TILE", "evaluate", "main", "tile_psnr", "write_report"]
+__all__ = ["DISTANCE_PAIRS", "LABELS", "TILE", "distance_table", "evaluate", "main", "tile_psnr", "write_report"]
 
 HERE = Path(__file__).resolve().parent
 TILE = 48
@@ -56,6 +56,15 @@ LABELS = {
     "cobi+l1": "CoBi + L1 (recommended)",
     "l1-aligned": "L1 on the aligned target (upper bound)",
 }
+#: The l2 distance (recommended, library defaults) against the earlier choices with the same loss:
+#: (run, candidate it replaces).
+DISTANCE_PAIRS = (
+    ("cx", "cx-l1-512"),
+    ("cobi", "cobi-l1-ws1-512"),
+    ("cobi+l1", "cobi+l1-l1-ws1-512"),
+    ("cx-defaults", "cx-cosine-all"),
+    ("cobi-defaults", "cobi-cosine-ws0.1-all"),
+)
 #: Zoomed regions of the figure: (photo, top, left, side) in working pixels of the held-out image.
 ZOOMS = (("chelsea", 30, 62, 56), ("chelsea", 92, 8, 56), ("coffee", 112, 158, 56), ("coffee", 150, 10, 56))
 
@@ -116,6 +125,9 @@ def evaluate(out: Path, names: Sequence[str], seeds: Sequence[int], *, shots: in
             if not path.exists():
                 continue
             ckpt = load_checkpoint(path)
+            if ckpt["step"] < ckpt["config"]["steps"]:  # interrupted: left out (run.py resumes it)
+                print(f"{name} seed {seed}: unfinished ({ckpt['step']} of {ckpt['config']['steps']} steps), left out")
+                continue
             preds = [predict(ckpt, im["camera"][None])[0] for im in images]
             runs.setdefault(name, {})[seed] = ckpt
             scores.setdefault(name, {})[seed] = _scores(preds, images, tile)
@@ -183,8 +195,12 @@ def _spread(by_seed: dict, key: str, digits: int) -> str:
 
 
 def results_table(result: dict, names: Sequence[str]) -> str:
-    """The markdown table of the references and the given runs (means over seeds, per-seed PSNR)."""
+    """The markdown table of the references and the given runs (means over seeds, per-seed PSNR).
+
+    A run trained with fewer seeds than the others says which ones.
+    """
     scores = result["scores"]
+    seeds = {s for n in names if n in result["runs"] for s in result["runs"][n]}
     head = (
         "| output | PSNR (dB), mean (per seed) | SSIM | gradient ratio | Laplacian-variance ratio | crops won vs L1 |"
     )
@@ -197,8 +213,9 @@ def results_table(result: dict, names: Sequence[str]) -> str:
         wins = [s["wins"] for s in by_seed.values() if s["wins"] is not None]
         total = sum(len(s["tiles"]) for s in by_seed.values())
         won = f"{sum(wins)} / {total}" if len(wins) == len(by_seed) else "-"
+        only = "" if name in refs or set(by_seed) == seeds else f" (seed {', '.join(map(str, sorted(by_seed)))} only)"
         rows.append(
-            f"| {refs.get(name, label(name))} | {_spread(by_seed, 'psnr', 2)} | {_mean(by_seed, 'ssim'):.4f} | "
+            f"| {refs.get(name, label(name))} | {_spread(by_seed, 'psnr', 2)}{only} | {_mean(by_seed, 'ssim'):.4f} | "
             f"{_mean(by_seed, 'grad_ratio'):.3f} | {_mean(by_seed, 'lap_ratio'):.3f} | {won} |"
         )
     return "\n".join(rows)
@@ -215,13 +232,10 @@ def settings_table(result: dict, names: Sequence[str]) -> str:
         any_ckpt = next(iter(by_seed.values()))
         cfg = PhotoConfig(**any_ckpt["config"])
         settings = loss_settings(cfg)
-        text = ", ".join(f"{k} {v}" for k, v in settings.items()) or "-"
+        text = ", ".join(f"{k} {'None (all positions)' if v is None else v}" for k, v in settings.items()) or "-"
         if cfg.loss == "cobi+l1":
             text += f", + {cfg.l1_weight} x L1"
-        if cfg.library_defaults:
-            module = "ContextualLoss" if cfg.loss == "cx" else "ContextualBilateralLoss"
-            text = f"`{module}(patch_size={cfg.patch_size})`: {text}"
-        elif cfg.loss != "l1":
+        if cfg.loss != "l1":
             text = f"{cfg.patch_size} x {cfg.patch_size} patches, " + text
         target = "aligned target" if cfg.target == "aligned" else "misaligned target"
         times = " / ".join(f"{c['train_seconds'] / 60:.1f}" for c in by_seed.values())
@@ -229,6 +243,29 @@ def settings_table(result: dict, names: Sequence[str]) -> str:
         rows.append(
             f"| {label(name)} | {text}; {target} | {cfg.steps} x {cfg.batch_size} x {cfg.crop} | {threads} | {times} |"
         )
+    return "\n".join(rows)
+
+
+def distance_table(result: dict) -> str:
+    """PSNR of each l2 run against the run it replaces (same loss, earlier distance), seed by seed."""
+    head = "| l2 run | replaces | seed | PSNR l2 (dB) | PSNR replaced (dB) | difference (dB) |"
+    rows = [head + " train time l2 / replaced (min) |"]
+    rows.append("|---|---|---|---|---|---|---|")
+    for new, old in DISTANCE_PAIRS:
+        a, b = result["scores"].get(new, {}), result["scores"].get(old, {})
+        seeds = sorted(set(a) & set(b))
+        for seed in seeds:
+            times = [result["runs"][n][seed]["train_seconds"] / 60 for n in (new, old)]
+            diff = a[seed]["psnr"] - b[seed]["psnr"]
+            rows.append(
+                f"| {label(new)} | {old} | {seed} | {a[seed]['psnr']:.2f} | {b[seed]['psnr']:.2f} | {diff:+.2f} | "
+                f"{times[0]:.1f} / {times[1]:.1f} |"
+            )
+        if len(seeds) > 1:
+            diff = float(np.mean([a[s]["psnr"] - b[s]["psnr"] for s in seeds]))
+            rows.append(
+                f"| {label(new)} | {old} | mean | {_mean(a, 'psnr'):.2f} | {_mean(b, 'psnr'):.2f} | {diff:+.2f} | |"
+            )
     return "\n".join(rows)
 
 
@@ -249,10 +286,16 @@ def write_report(result: dict, path: Path, figure: Path, note: str = "") -> str:
 ## Candidates for the defaults (same protocol, 5 x 5 patches; candidates trained with seed(s) {ablation_seeds})
 
 The table's runs are repeated for comparison (their means over all seeds, per-seed values beside).
+cx-l1-512 and cobi-l1-ws1-512 were the recommended settings before l2, cx-cosine-all and
+cobi-cosine-ws0.1-all the library's defaults for patches before they followed the features.
 
-{results_table(result, ["l1", "cx", "cobi", "cx-defaults", "cobi-defaults", *ablations])}
+{results_table(result, [*table_runs, *ablations])}
 
 {settings_table(result, ablations)}
+
+### The l2 distance against the one it replaces, seed by seed
+
+{distance_table(result)}
 """
     text = f"""# Enhancing real photographs from misaligned pairs: results
 
@@ -272,7 +315,9 @@ mean over the seeds. Crops won: the held-out images cut into {crops} crops of
 
 {results_table(result, table_runs)}
 
-Settings:
+Settings (every run passes them explicitly; "library defaults" are what `ContextualLoss(patch_size=5)`
+and `ContextualBilateralLoss(patch_size=5)` use for patch features: l2 distance, band width 0.5,
+every position, CoBi's `weight_sp` 1.0):
 
 {settings_table(result, table_runs)}
 

@@ -3,6 +3,7 @@
     python experiments/real_photos/run.py --jobs 3           # the full experiment (see RESULTS.md for its time)
     python experiments/real_photos/run.py --runs table       # without the candidates for the defaults
     python experiments/real_photos/run.py --quick            # seconds: the pipeline end to end
+    python experiments/real_photos/run.py --no-train         # rescore the finished runs, rewrite the report
 
 With ``--jobs N`` the (run, seed) trainings are shared among N worker processes of one thread
 each, the most expensive first; every training is a pure function of its run and seed, so the
@@ -36,15 +37,26 @@ HERE = Path(__file__).resolve().parent
 QUICK_OUT = HERE.parents[1] / "outputs" / "real_photos-quick"
 
 
-#: Relative cost of a training step per loss (measured: L1 0.09 s, CX/CoBi with the l1 distance 0.28 s,
-#: with l2 or cosine on 512 positions 0.12 s, the library defaults 0.26-0.42 s): the longest runs start first.
+#: Relative cost of a training step per loss, from the 800-step runs' train times on one thread (L1
+#: 0.17 s; CX/CoBi on 512 positions with l2 or cosine 0.2-0.3 s, with l1 (no GEMM) 0.6-0.8 s; on all
+#: positions CX 1.1-1.3 s, CoBi 2.2 s): the longest runs start first.
 def _cost(name: str) -> float:
     cfg = train.config_for(name, 0)
     if cfg.loss == "l1":
         return 1.0
-    if cfg.library_defaults:
-        return 4.0 if cfg.loss == "cx" else 5.0
-    return 3.0 if cfg.loss_type == "l1" else 1.5
+    if cfg.max_points is None:
+        return 7.0 if cfg.loss == "cx" else 13.0
+    return 4.0 if cfg.loss_type == "l1" else 1.5
+
+
+def _finished(out: Path, name: str, seed: str, train_args: Sequence[str], quick: bool) -> bool:
+    """Whether run ``name`` of ``seed`` already has a checkpoint of all its steps."""
+    path = train.checkpoint(out, name, int(seed))
+    if not path.exists():
+        return False
+    args = train.build_parser().parse_args(["--runs", name, *train_args])
+    cfg = train.config_for(name, int(seed), quick=quick, **train.overrides(args))
+    return int(train.card_train.load_checkpoint(path)["step"]) >= cfg.steps
 
 
 def _train_all(pairs: list[tuple[str, str]], common: list[str], jobs: int) -> int:
@@ -88,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (1: best when busy)")
     parser.add_argument("--jobs", type=int, default=1, help="training processes in parallel")
     parser.add_argument("--fresh", action="store_true", help="delete the runs folder first")
+    parser.add_argument("--no-train", action="store_true", help="only score and report the runs already finished")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("train_args", nargs="*", help="extra train.py options (after --)")
     args = parser.parse_args(argv)
@@ -103,12 +116,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = train.run_names(args.runs)
     pairs = [(n, seed) for seed in args.seeds.split(",") for n in names if n in train.RUNS]
     pairs += [(n, seed) for seed in args.ablation_seeds.split(",") for n in names if n not in train.RUNS]
-    status = _train_all(pairs, common, args.jobs)
+    todo = [] if args.no_train else [pair for pair in pairs if not _finished(out, *pair, args.train_args, args.quick)]
+    status = _train_all(todo, common, args.jobs)
     if status:
         return status
     minutes = (time.perf_counter() - start) / 60
     note = (
-        f"_This invocation of run.py: {minutes:.1f} min of training wall time, {args.jobs} process(es) x "
+        f"_This invocation of run.py trained {len(todo)} of the {len(pairs)} (run, seed) pairs (the rest were "
+        f"already finished in the runs folder; each run's own train time is in the tables): {minutes:.1f} min of "
+        f"training wall time, {args.jobs} process(es) x "
         f"{args.threads} thread(s) (load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end) on a "
         f"2-core machine shared with other jobs; the times above are as measured there, slower than on a quiet "
         f"machine. torch {torch.__version__}._"

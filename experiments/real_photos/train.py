@@ -28,7 +28,9 @@ from experiments.real_photos.data import TRAIN_PHOTOS, training_batch
 
 __all__ = [
     "ABLATIONS",
+    "LIBRARY_DEFAULTS",
     "QUICK",
+    "RECOMMENDED",
     "RUNS",
     "PhotoConfig",
     "build_loss",
@@ -47,15 +49,15 @@ TARGETS = ("misaligned", "aligned")
 class PhotoConfig:
     """Everything that determines a training run (stored in its checkpoint).
 
-    The contextual losses use ``patch_size`` x ``patch_size`` RGB patches. With
-    ``library_defaults`` they are built as ``ContextualLoss(patch_size=n)`` and
-    ``ContextualBilateralLoss(patch_size=n)``, whatever the library's defaults are, and
-    ``band_width``, ``loss_type``, ``weight_sp`` and ``max_points`` are not used.
+    The contextual losses use ``patch_size`` x ``patch_size`` RGB patches and the settings given
+    here, passed explicitly to ``ContextualLoss`` / ``ContextualBilateralLoss``: a run never
+    depends on the library's defaults at the time it is trained. The field defaults are the
+    recommended settings (l2 patch distance, band width 0.5, 512 sampled positions, CoBi's
+    ``weight_sp`` 1.0).
     """
 
     loss: str = "cx"
     target: str = "misaligned"
-    library_defaults: bool = False
     steps: int = 800
     batch_size: int = 8
     crop: int = 48
@@ -64,7 +66,7 @@ class PhotoConfig:
     width: int = 16
     patch_size: int = 5
     band_width: float = 0.5
-    loss_type: str = "l1"
+    loss_type: str = "l2"
     weight_sp: float = 1.0
     l1_weight: float = 0.5
     max_points: int | None = 512
@@ -82,83 +84,84 @@ class PhotoConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
-#: The runs of the results table, in order: name -> changes to :class:`PhotoConfig`.
+#: The recommended settings for pixel and patch features (docs/training.md, README).
+RECOMMENDED: dict = {"loss_type": "l2", "band_width": 0.5, "max_points": 512}
+#: The library's defaults for pixel and patch features once they follow the features (issue 14
+#: item 9): the recommended settings on every position. CoBi's ``weight_sp`` is 1.0 for l1/l2.
+LIBRARY_DEFAULTS: dict = {"loss_type": "l2", "band_width": 0.5, "max_points": None}
+
+#: The runs of the results table, in order: name -> settings (every loss setting explicit).
 RUNS: dict[str, dict] = {
     "l1": {"loss": "l1"},
-    "cx": {"loss": "cx"},
-    "cobi": {"loss": "cobi"},
-    "cx-defaults": {"loss": "cx", "library_defaults": True},
-    "cobi-defaults": {"loss": "cobi", "library_defaults": True},
-    "cobi+l1": {"loss": "cobi+l1"},
+    "cx": {"loss": "cx", **RECOMMENDED},
+    "cobi": {"loss": "cobi", **RECOMMENDED, "weight_sp": 1.0},
+    "cx-defaults": {"loss": "cx", **LIBRARY_DEFAULTS},
+    "cobi-defaults": {"loss": "cobi", **LIBRARY_DEFAULTS, "weight_sp": 1.0},
+    "cobi+l1": {"loss": "cobi+l1", **RECOMMENDED, "weight_sp": 1.0},
     "l1-aligned": {"loss": "l1", "target": "aligned"},
 }
-#: Candidates for the defaults of pixel and patch features (distance, band width, CoBi's w_s).
-#: (The l1 distance's own band width and w_s are not among them: its runs cost 2.5x those of l2 and
-#: cosine, and the card experiment measured them; see docs/training.md.)
+#: Candidates for the defaults of pixel and patch features, named by their settings: the distance,
+#: CoBi's w_s, the band width h when not 0.5, and the positions compared (512 sampled or all).
+#: cx-l1-512 and cobi-l1-ws1-512 are the earlier recommended settings, cx-cosine-all and
+#: cobi-cosine-ws0.1-all the library's defaults before they followed the features.
 ABLATIONS: dict[str, dict] = {
-    "cx-l2": {"loss": "cx", "loss_type": "l2"},
-    "cx-l2-h1": {"loss": "cx", "loss_type": "l2", "band_width": 1.0},
-    "cx-cosine-512": {"loss": "cx", "loss_type": "cosine"},
-    "cobi-l2-ws0.1": {"loss": "cobi", "loss_type": "l2", "weight_sp": 0.1},
-    "cobi-l2-ws0.3": {"loss": "cobi", "loss_type": "l2", "weight_sp": 0.3},
+    "cx-l1-512": {"loss": "cx", "loss_type": "l1", "band_width": 0.5, "max_points": 512},
+    "cobi-l1-ws1-512": {"loss": "cobi", "loss_type": "l1", "band_width": 0.5, "max_points": 512, "weight_sp": 1.0},
+    "cobi+l1-l1-ws1-512": {
+        "loss": "cobi+l1",
+        "loss_type": "l1",
+        "band_width": 0.5,
+        "max_points": 512,
+        "weight_sp": 1.0,
+    },
+    "cx-cosine-all": {"loss": "cx", "loss_type": "cosine", "band_width": 0.5, "max_points": None},
+    "cobi-cosine-ws0.1-all": {
+        "loss": "cobi",
+        "loss_type": "cosine",
+        "band_width": 0.5,
+        "max_points": None,
+        "weight_sp": 0.1,
+    },
+    "cx-cosine-512": {"loss": "cx", "loss_type": "cosine", "band_width": 0.5, "max_points": 512},
+    "cx-l2-h1": {"loss": "cx", "loss_type": "l2", "band_width": 1.0, "max_points": 512},
+    "cobi-l2-ws0.1": {"loss": "cobi", "loss_type": "l2", "band_width": 0.5, "max_points": 512, "weight_sp": 0.1},
+    "cobi-l2-ws0.3": {"loss": "cobi", "loss_type": "l2", "band_width": 0.5, "max_points": 512, "weight_sp": 0.3},
+    # l1's w_s = 1 scaled to the squared l2 distance: nearest-match distances of 5 x 5 patches are
+    # about 26x smaller under l2 (median 0.053 against 1.40 on training crops), positions are not
+    "cobi-l2-ws0.04": {"loss": "cobi", "loss_type": "l2", "band_width": 0.5, "max_points": 512, "weight_sp": 0.04},
 }
 ALL_RUNS = {**RUNS, **ABLATIONS}
-QUICK = {"steps": 4, "batch_size": 4, "crop": 24, "width": 8, "max_points": 256, "lr": 3e-3}
+#: Tiny runs for tests (seconds): smaller steps, batches, crops and network; the loss settings stay.
+QUICK = {"steps": 4, "batch_size": 4, "crop": 24, "width": 8, "lr": 3e-3}
 
 
-def config_for(name: str, seed: int, base: PhotoConfig | None = None) -> PhotoConfig:
-    """The configuration of run ``name`` with ``seed``, on top of ``base`` (the defaults)."""
+def config_for(name: str, seed: int, *, quick: bool = False, **overrides: object) -> PhotoConfig:
+    """The configuration of run ``name`` with ``seed``: the run's settings, then QUICK, then ``overrides``."""
     if name not in ALL_RUNS:
         raise ValueError(f"run must be one of {tuple(ALL_RUNS)}, got {name!r}")
-    cfg = replace(base or PhotoConfig(), **ALL_RUNS[name], seed=seed)
+    cfg = replace(PhotoConfig(), **ALL_RUNS[name])
+    cfg = replace(cfg, **(QUICK if quick else {}), **overrides, seed=seed)
     cfg.check()
     return cfg
 
 
-def _contextual_modules(cfg: PhotoConfig) -> tuple[ContextualLoss, ContextualBilateralLoss]:
-    if cfg.library_defaults:
-        return (
-            ContextualLoss(patch_size=cfg.patch_size, reduction="none"),
-            ContextualBilateralLoss(patch_size=cfg.patch_size, reduction="none"),
-        )
-    kwargs = {
-        "patch_size": cfg.patch_size,
-        "band_width": cfg.band_width,
-        "loss_type": cfg.loss_type,
-        "max_points": cfg.max_points,
-        "reduction": "none",
-    }
-    return ContextualLoss(**kwargs), ContextualBilateralLoss(weight_sp=cfg.weight_sp, **kwargs)
-
-
 def loss_settings(cfg: PhotoConfig) -> dict:
-    """The settings the contextual loss of ``cfg`` actually uses (read back from the modules)."""
+    """The settings the contextual loss of ``cfg`` uses, read back from the modules it builds."""
     if cfg.loss == "l1":
         return {}
-    cx, cobi = _contextual_modules(cfg)
-    module = cx if cfg.loss == "cx" else cobi
-    settings = {"distance": module.loss_type, "band_width": module.band_width, "max_points": module.max_points}
-    if cfg.loss != "cx":
-        settings["weight_sp"] = cobi.weight_sp
-    return settings
+    kwargs = {"patch_size": cfg.patch_size, "band_width": cfg.band_width, "loss_type": cfg.loss_type}
+    kwargs["max_points"] = cfg.max_points
+    if cfg.loss == "cx":
+        module = ContextualLoss(**kwargs)
+        return {"distance": module.loss_type, "band_width": module.band_width, "max_points": module.max_points}
+    cobi = ContextualBilateralLoss(weight_sp=cfg.weight_sp, **kwargs)
+    settings = {"distance": cobi.loss_type, "band_width": cobi.band_width, "max_points": cobi.max_points}
+    return settings | {"weight_sp": cobi.weight_sp}
 
 
 def build_loss(cfg: PhotoConfig) -> card_train.PerImageLoss:
-    """The training loss (prediction, target, generator) -> (B,) per-image losses."""
-    if not cfg.library_defaults:
-        return card_train.build_loss(cfg)  # the card experiment's losses, with this run's settings
-    cx, cobi = _contextual_modules(cfg)
-
-    def l1(pred: Tensor, target: Tensor) -> Tensor:
-        return (pred - target).abs().flatten(1).mean(1)
-
-    if cfg.loss == "cx":
-        return lambda pred, target, gen: cx(pred, target, generator=gen)
-    if cfg.loss == "cobi":
-        return lambda pred, target, gen: cobi(pred, target, generator=gen)
-    if cfg.loss == "cobi+l1":
-        return lambda pred, target, gen: cobi(pred, target, generator=gen) + cfg.l1_weight * l1(pred, target)
-    return lambda pred, target, _: l1(pred, target)
+    """The training loss (prediction, target, generator) -> (B,) per-image losses: the card experiment's."""
+    return card_train.build_loss(cfg)
 
 
 def run_dir(out: Path, seed: int) -> Path:
@@ -202,10 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
     defaults = PhotoConfig()
     for f in fields(PhotoConfig):
-        if f.name in ("loss", "target", "library_defaults", "seed"):
+        if f.name in ("loss", "target", "seed"):
             continue
         kind = int if f.name == "max_points" else type(getattr(defaults, f.name))
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None, help=f"default {f.default}")
+        help_text = f"overrides the run's setting (default {f.default})"
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None, help=help_text)
     parser.add_argument("--quick", action="store_true", help="tiny runs taking seconds (for tests)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="runs folder (checkpoints, history)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -223,11 +227,10 @@ def run_names(spec: str) -> list[str]:
     return names
 
 
-def base_config(args: argparse.Namespace) -> PhotoConfig:
-    """Defaults, then --quick, then explicit options."""
-    base = replace(PhotoConfig(), **QUICK) if args.quick else PhotoConfig()
-    overrides = {f.name: getattr(args, f.name, None) for f in fields(PhotoConfig)}
-    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+def overrides(args: argparse.Namespace) -> dict:
+    """The PhotoConfig fields given on the command line (they win over the run's settings and --quick)."""
+    given = {f.name: getattr(args, f.name, None) for f in fields(PhotoConfig)}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -235,10 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    base = base_config(args)
     for seed in (int(s) for s in args.seeds.split(",")):
         for name in run_names(args.runs):
-            cfg = config_for(name, seed, base)
+            cfg = config_for(name, seed, quick=args.quick, **overrides(args))
             ckpt = train_run(name, cfg, args.out, progress=not args.no_progress, resume=True)
             first, final = ckpt["history"][0][1], ckpt["history"][-1][1]
             print(

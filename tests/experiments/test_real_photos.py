@@ -94,6 +94,9 @@ def test_test_images_are_held_out_and_fit_the_network():
 def test_run_configurations():
     assert T.config_for("l1-aligned", 3).target == "aligned"
     assert T.config_for("cobi", 1).seed == 1
+    quick = T.config_for("cobi-defaults", 0, quick=True, band_width=1.0)
+    assert quick.steps == T.QUICK["steps"] and quick.max_points is None  # --quick keeps the loss settings
+    assert quick.band_width == 1.0  # explicit options win over the run's settings
     with pytest.raises(ValueError, match="run must be one of"):
         T.config_for("cx-fancy", 0)
     with pytest.raises(ValueError, match="target"):
@@ -104,19 +107,37 @@ def test_run_configurations():
         T.run_names("l1,l3")
 
 
-def test_library_defaults_runs_use_the_library_defaults():
-    # whatever the library's defaults are, the "defaults" runs read them back from the modules
+def test_every_contextual_run_states_its_settings():
+    # a run never depends on the library's defaults at the time it is trained
+    for name, settings in T.ALL_RUNS.items():
+        if settings["loss"] != "l1":
+            assert {"loss_type", "band_width", "max_points"} <= set(settings), name
+        if settings["loss"] in ("cobi", "cobi+l1"):
+            assert "weight_sp" in settings, name
+    assert set(T.RUNS).isdisjoint(T.ABLATIONS)
+
+
+def test_table_rows_use_the_settings_the_table_states():
+    recommended = {"distance": "l2", "band_width": 0.5, "max_points": 512}
+    defaults = {"distance": "l2", "band_width": 0.5, "max_points": None}
+    assert T.loss_settings(T.config_for("cx", 0)) == recommended
+    assert T.loss_settings(T.config_for("cobi", 0)) == recommended | {"weight_sp": 1.0}
+    assert T.loss_settings(T.config_for("cobi+l1", 0)) == recommended | {"weight_sp": 1.0}
+    assert T.loss_settings(T.config_for("cx-defaults", 0)) == defaults
+    assert T.loss_settings(T.config_for("cobi-defaults", 0)) == defaults | {"weight_sp": 1.0}
+    assert E.label("cx-defaults") == "CX (library defaults)" and E.label("cx") == "CX (recommended)"
+    # the earlier choices kept as candidates are what their names say
+    assert T.loss_settings(T.config_for("cx-l1-512", 0)) == recommended | {"distance": "l1"}
+    old = {"distance": "cosine", "band_width": 0.5, "max_points": None, "weight_sp": 0.1}
+    assert T.loss_settings(T.config_for("cobi-cosine-ws0.1-all", 0)) == old
+
+
+def test_library_defaults_rows_are_the_library_defaults():
     cx, cobi = ContextualLoss(patch_size=5), ContextualBilateralLoss(patch_size=5)
-    settings = T.loss_settings(T.config_for("cobi-defaults", 0))
-    assert settings == {
-        "distance": cobi.loss_type,
-        "band_width": cobi.band_width,
-        "max_points": cobi.max_points,
-        "weight_sp": cobi.weight_sp,
-    }
-    assert T.loss_settings(T.config_for("cx-defaults", 0))["distance"] == cx.loss_type
-    recommended = T.loss_settings(T.config_for("cobi", 0))
-    assert recommended == {"distance": "l1", "band_width": 0.5, "max_points": 512, "weight_sp": 1.0}
+    library = {"distance": cx.loss_type, "band_width": cx.band_width, "max_points": cx.max_points}
+    assert T.loss_settings(T.config_for("cx-defaults", 0)) == library
+    library_cobi = {"distance": cobi.loss_type, "band_width": cobi.band_width, "max_points": cobi.max_points}
+    assert T.loss_settings(T.config_for("cobi-defaults", 0)) == library_cobi | {"weight_sp": cobi.weight_sp}
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +179,23 @@ def test_second_quick_run_only_reevaluates(quick_run):
     assert path.stat().st_mtime_ns == before
 
 
+def test_no_train_rescores_and_unfinished_runs_are_left_out(quick_run, tmp_path):
+    from experiments.real_photos import run
+
+    root, argv, _ = quick_run
+    assert run.main([*argv, "--no-train", "--report", str(tmp_path / "R.md")]) == 0
+    assert "| CoBi (library defaults) |" in (tmp_path / "R.md").read_text()
+    # an interrupted checkpoint is neither scored nor counted as finished
+    ckpt = T.card_train.load_checkpoint(T.checkpoint(root / "runs", "l1", 0))
+    ckpt["step"] = 2
+    path = T.checkpoint(tmp_path / "runs", "l1", 0)
+    path.parent.mkdir(parents=True)
+    torch.save(ckpt, path)
+    assert not run._finished(tmp_path / "runs", "l1", "0", [], quick=True)
+    assert run._finished(root / "runs", "l1", "0", [], quick=True)
+    assert "l1" not in E.evaluate(tmp_path / "runs", ["l1"], [0], shots=1, size=48)["runs"]
+
+
 def test_quick_training_lowers_the_l1_loss(quick_run):
     root, _, _ = quick_run
     ckpt = T.card_train.load_checkpoint(T.checkpoint(root / "runs", "l1", 0))
@@ -197,12 +235,13 @@ def test_duplicate_cap_formula_holds_on_the_constructed_example():
     assert max(differences) < 1e-12
 
 
-def test_recommended_patches_order_shifts_of_a_photo_crop():
+@pytest.mark.parametrize("distance", ["l2", "l1"])
+def test_raw_patch_distances_order_shifts_of_a_photo_crop(distance):
     stored, _ = Q.load_photo("chelsea")
     losses = []
     for shift in Q.SHIFTS:
         pred, target = Q.shifted_pair(stored, 140, 200, (24, 24), shift)
         fx, fy = Q.features(pred, "patches"), Q.features(target, "patches")
-        losses.append(float(contextual_loss(fx, fy, 0.5, "l1")))
+        losses.append(float(contextual_loss(fx, fy, 0.5, distance)))
     assert losses[0] == 0.0
     assert all(b > a for a, b in itertools.pairwise(losses)), losses
