@@ -18,7 +18,7 @@ load). The engine is forced with ``engine=`` for the A/B rows; ``auto`` rows say
 
 Usage::
 
-    python benchmarks/bench_training_step.py                       # the table of docs/training.md
+    python benchmarks/bench_training_step.py --repeats 2 --steps 3  # the first table of docs/training.md
     python benchmarks/bench_training_step.py --points 8x48 --variants patches-l1-512:auto,patches-l1-512:dense
     python benchmarks/bench_training_step.py --quick                # seconds: one small point
 
@@ -42,11 +42,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_POINTS = "8x48,16x48,8x96,16x128"
+DEFAULT_POINTS = "8x96,16x96,8x48,16x48"
 DEFAULT_VARIANTS = (
-    "patches-l1-512:auto,patches-l1-512:dense,patches-l1-512:streaming,"
-    "patches-l2-512:auto,patches-l2-512:dense,patches-cosine-512:auto,patches-cosine-all:auto,"
-    "vgg-cosine-all:auto,vgg-cosine-all:dense"
+    "patches-l2-512:auto,patches-l2-512:dense,patches-l1-512:auto,patches-l1-512:dense,"
+    "vgg-cosine-all:auto,vgg-cosine-all:dense,vgg-cosine-all:streaming"
 )
 STAGES = ("features", "prepare", "engine_fwd", "engine_bwd", "features_bwd", "net")
 
@@ -84,10 +83,7 @@ def _worker(args: argparse.Namespace) -> dict:
     from experiments.card_enhancement.model import UNetLite
 
     from contextual_loss import ContextualLoss, engine
-    from contextual_loss._validation import check_feature_pair, check_finite_values
-    from contextual_loss.maths import prepare_features
-    from contextual_loss.options import ContextualOptions
-    from contextual_loss.sampling import sample_indices
+    from contextual_loss._pipeline import full_precision, prepare
 
     torch.set_num_threads(args.threads)
     variant = _parse_variant(args.variant)
@@ -98,15 +94,13 @@ def _worker(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     net = UNetLite(16)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-    options = ContextualOptions(
-        band_width=0.5, loss_type=variant["distance"], max_points=variant["max_points"], engine=variant["engine"]
-    )
     common = {"loss_type": variant["distance"], "max_points": variant["max_points"], "engine": variant["engine"]}
     if variant["features"] == "patches":
         criterion = ContextualLoss(patch_size=5, band_width=0.5, reduction="none", **common)
     else:
         layers = {"relu3_2": 1.0, "relu4_2": 1.0}
         criterion = ContextualLoss(layers=layers, weights=None, reduction="none", **common)
+    options = criterion.options  # exactly what the module hands the engine
     with torch.no_grad():
         weights = criterion.layer_weights or dict.fromkeys(criterion.features(camera[:1]), 1.0)
 
@@ -137,28 +131,19 @@ def _worker(args: argparse.Namespace) -> dict:
         feats_x, feats_y = criterion.features(out), criterion.features(target)
         t1 = clock()
         sampler = torch.Generator().manual_seed(step)
-        prepared = []
-        for name in weights:
-            x, y = feats_x[name], feats_y[name]
-            check_feature_pair(x, y)
-            check_finite_values("x", x)
-            check_finite_values("y", y)
-            xs, ys = (f.flatten(2).transpose(1, 2).contiguous() for f in (x, y))
-            idx = sample_indices(xs.shape[1], options.max_points, generator=sampler)
-            if idx is not None:
-                xs, ys = xs[:, idx], ys[:, idx]
-            prepared.append(prepare_features(xs, ys, options.loss_type, options.center))
+        prepared = [prepare(feats_x[name], feats_y[name], options, generator=sampler) for name in weights]
         t2 = clock()
         logs = []
-        for xs, ys in prepared:
-            chosen.add(engine.choose_engine(xs, ys, options.engine))
-            sizes.add(f"{xs.shape[1]}")
-            logs.append(engine.evaluate(xs, ys, options).log_similarity)
-        loss = sum(-w * log for w, log in zip(weights.values(), logs, strict=True)).mean()
+        with full_precision(out.device):
+            for sets in prepared:
+                chosen.add(engine.choose_engine(sets.x, sets.y, options.engine, options.loss_type))
+                sizes.add(f"{sets.x.shape[1]}")
+                logs.append(engine.evaluate(sets.x, sets.y, options, sets.spatial).log_similarity)
+        loss = sum(w * (-log).clamp_min(0.0) for w, log in zip(weights.values(), logs, strict=True)).mean()
         t3 = clock()
-        grads = torch.autograd.grad(loss, [xs for xs, _ in prepared])
+        grads = torch.autograd.grad(loss, [sets.x for sets in prepared])
         t4 = clock()
-        (grad_out,) = torch.autograd.grad([xs for xs, _ in prepared], out, grads)
+        (grad_out,) = torch.autograd.grad([sets.x for sets in prepared], out, grads)
         t5 = clock()
         opt.zero_grad(set_to_none=True)
         out.backward(grad_out)
@@ -209,11 +194,12 @@ def _crossover_worker(args: argparse.Namespace) -> dict:
             x = x0.clone().requires_grad_(True)
             t0 = time.perf_counter()
             xs, ys = prepare_features(x, y0, distance)
-            log = engine.evaluate(xs, ys, ContextualOptions(loss_type=distance, engine=name)).log_similarity
+            options = ContextualOptions(band_width=0.5, loss_type=distance, engine=name)
+            log = engine.evaluate(xs, ys, options).log_similarity
             log.sum().backward()
             if step >= 2:  # the first two are warm-up
                 times[name].append(time.perf_counter() - t0)
-    chosen = engine.choose_engine(x0, y0, "auto")
+    chosen = engine.choose_engine(x0, y0, "auto", distance)
     return {name: 1000 * statistics.median(t) for name, t in times.items()} | {"auto": chosen}
 
 
@@ -256,6 +242,20 @@ def _median_runs(runs: list[dict]) -> dict:
     merged = {k: statistics.median(r[k] for r in runs) for k, v in runs[0].items() if isinstance(v, float)}
     merged.update(engine=runs[0]["engine"], points=runs[0]["points"], runs=len(runs))
     return merged
+
+
+def matmul_rate(threads: int) -> float:
+    """GFLOP/s of a float32 (1024 x 256) @ (256 x 1024) product on ``threads`` threads, median of 9."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.rand(1024, 256), torch.rand(256, 1024)
+    times = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * 1024 * 256 * 1024 / statistics.median(times[1:]) / 1e9
 
 
 def _ms(value: float) -> str:
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     points, variants = args.points.split(","), args.variants.split(",")
     runs: dict[tuple[str, str], list[dict]] = {(p, v): [] for p in points for v in variants}
     failures: dict[tuple[str, str], str] = {}
-    load = [os.getloadavg()[0]]
+    load, rate = [os.getloadavg()[0]], [matmul_rate(args.threads)]
     start = time.perf_counter()
     for _ in range(args.repeats):
         for key in runs:
@@ -344,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs[key].append(outcome)
             print(f"{key}: {outcome}", file=sys.stderr, flush=True)
     load.append(os.getloadavg()[0])
+    rate.append(matmul_rate(args.threads))
     rows = [(p, v, failures.get((p, v)) or _median_runs(runs[(p, v)])) for p, v in runs]
     report = "\n".join(
         [
@@ -351,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             f"OMP_WAIT_POLICY=PASSIVE; median of {args.steps} steps per process and of {args.repeats} fresh "
             f"processes; torch {torch.__version__}, {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} CPUs; load average {load[0]:.1f} at the start, {load[1]:.1f} at the end; "
-            f"{time.perf_counter() - start:.0f} s. Stage columns in ms.",
+            f"{time.perf_counter() - start:.0f} s; matmul rate {rate[0]:.0f} GFLOP/s at the start, "
+            f"{rate[1]:.0f} at the end. Stage columns in ms.",
             "",
             table(rows),
         ]
@@ -365,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
 def _crossover_main(args: argparse.Namespace) -> int:
     import torch
 
-    load, start = [os.getloadavg()[0]], time.perf_counter()
+    load, rate, start = [os.getloadavg()[0]], [matmul_rate(args.threads)], time.perf_counter()
     points = args.crossover.split(",")
     runs: dict[str, list[dict]] = {p: [] for p in points}
     failures: dict[str, str] = {}
@@ -380,6 +382,7 @@ def _crossover_main(args: argparse.Namespace) -> int:
                 runs[point].append(outcome)
             print(f"{point}: {outcome}", file=sys.stderr, flush=True)
     load.append(os.getloadavg()[0])
+    rate.append(matmul_rate(args.threads))
     rows = []
     for point, done in runs.items():
         merged = {k: statistics.median(r[k] for r in done) for k in ("dense", "streaming")} if done else {}
@@ -387,8 +390,8 @@ def _crossover_main(args: argparse.Namespace) -> int:
     report = (
         f"Engine only (prepared random sets, fwd + bwd), float32, {args.threads} thread(s), OMP_WAIT_POLICY=PASSIVE; "
         f"median of {args.steps} per process and of {args.repeats} fresh processes; torch {torch.__version__}; "
-        f"load average {load[0]:.1f} at the start, {load[1]:.1f} at the end; {time.perf_counter() - start:.0f} s.\n\n"
-        + crossover_table(rows)
+        f"load average {load[0]:.1f} at the start, {load[1]:.1f} at the end; matmul rate {rate[0]:.0f} GFLOP/s at "
+        f"the start, {rate[1]:.0f} at the end; {time.perf_counter() - start:.0f} s.\n\n" + crossover_table(rows)
     )
     print(report)
     if args.output is not None:

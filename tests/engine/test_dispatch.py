@@ -16,8 +16,10 @@ def test_auto_picks_dense_for_small_and_streaming_for_large_problems():
     n = int(DENSE_MAX_ENTRIES**0.5) + 1
     large = torch.zeros(1, n, 3)
     assert choose_engine(large, large) == "streaming"
-    half = torch.zeros(4, n // 2 + 1, 3)
-    assert choose_engine(half, half) == "streaming"  # counts the batch
+    batch = torch.zeros(4, n - 1, 3)
+    assert choose_engine(batch, batch) == "dense"  # the crossover is per image
+    wide = torch.zeros(1, n, 256)
+    assert choose_engine(wide, wide) == "dense"  # and grows with the channels
     assert choose_engine(large, large, "dense") == "dense"
     assert choose_engine(small, small, "streaming") == "streaming"
 

@@ -83,11 +83,74 @@ def test_bad_input_raises_clearly(x, y, options, error, match):
         engine.evaluate(x, y, options)
 
 
-def test_auto_rule_on_cpu_is_the_measured_threshold():
+def test_auto_rule_on_cpu_is_a_per_image_crossover_that_grows_with_channels():
     for device in ("cpu", "meta", "mps"):
-        assert engine.auto_engine(1, 256, 256, 64, torch.float32, device) == "dense"  # 2^16 entries
-        assert engine.auto_engine(1, 257, 256, 64, torch.float32, device) == "streaming"
-        assert engine.auto_engine(4, 128, 129, 64, torch.float32, device) == "streaming"  # counts the batch
+        # C <= 128: dense up to 2^15 entries per image (181 x 181), whatever the batch.
+        assert engine.auto_engine(1, 181, 181, 75, torch.float32, device) == "dense"
+        assert engine.auto_engine(1, 182, 181, 75, torch.float32, device) == "streaming"
+        assert engine.auto_engine(16, 181, 181, 75, torch.float32, device) == "dense"  # the batch does not count
+        assert engine.auto_engine(8, 512, 512, 75, torch.float32, device) == "streaming"  # the recommended patches
+        assert engine.auto_engine(1, 181, 181, 1, torch.float32, device) == "dense"  # below 128 channels: the floor
+        # Above 128 channels the threshold grows in proportion to C: 2^16 at C = 256, 2^17 at C = 512 ...
+        assert engine.auto_engine(8, 256, 256, 256, torch.float32, device) == "dense"
+        assert engine.auto_engine(8, 256, 257, 256, torch.float32, device) == "streaming"
+        assert engine.auto_engine(8, 256, 256, 255, torch.float32, device) == "streaming"
+        assert engine.auto_engine(8, 256, 512, 512, torch.float32, device) == "dense"
+        # ... and stops growing there.
+        assert engine.auto_engine(8, 256, 513, 512, torch.float32, device) == "streaming"
+        assert engine.auto_engine(8, 256, 513, 4096, torch.float32, device) == "streaming"
+
+
+def test_auto_rule_never_takes_dense_beyond_its_memory_bound():
+    # 10 (B, N, M) matrices of the compute dtype at most DENSE_MAX_BYTES = 256 MiB: 6.7 M float32 entries.
+    assert engine.DENSE_MAX_BYTES == 2**28
+    per_image = 256 * 512  # dense at C = 512 for any batch that fits
+    largest = 2**28 // (10 * 4 * per_image)
+    assert engine.auto_engine(largest, 256, 512, 512, torch.float32, "cpu") == "dense"
+    assert engine.auto_engine(largest + 1, 256, 512, 512, torch.float32, "cpu") == "streaming"
+    assert engine.auto_engine(largest, 256, 512, 512, torch.float16, "cpu") == "dense"  # computed in float32
+    assert engine.auto_engine(largest, 256, 512, 512, torch.float64, "cpu") == "streaming"  # twice the bytes
+    assert engine.auto_engine(largest // 2, 256, 512, 512, torch.float64, "cpu") == "dense"
+    # The measured crossover at 8 x 512 x 512 patches would be far from the bound: 80 MiB.
+    assert 8 * 512 * 512 * 10 * 4 == 80 * 2**20
+
+
+def test_auto_rule_takes_dense_for_l1_wherever_its_memory_bound_allows():
+    # l1 has no GEMM: the dense engine was faster at every size measured, so only memory limits it.
+    cpu = ("cpu", None)
+    assert engine.auto_engine(8, 512, 512, 75, torch.float32, *cpu, "l1") == "dense"  # the streaming rule's case
+    assert engine.auto_engine(8, 512, 512, 75, torch.float32, *cpu, "l2") == "streaming"
+    assert engine.auto_engine(8, 512, 512, 75, torch.float32, *cpu, "cosine") == "streaming"
+    assert engine.auto_engine(8, 512, 512, 75, torch.float32, *cpu) == "streaming"  # unknown: as l2
+    largest = 2**28 // (10 * 4 * 512 * 512)
+    assert engine.auto_engine(largest, 512, 512, 75, torch.float32, *cpu, "l1") == "dense"
+    assert engine.auto_engine(largest + 1, 512, 512, 75, torch.float32, *cpu, "l1") == "streaming"
+    assert engine.auto_engine(1, 4096, 4096, 75, torch.float32, *cpu, "l1") == "streaming"  # 640 MiB of matrices
+
+
+def test_evaluate_routes_by_the_distance():
+    # The l1 comparison of a size the other distances stream runs on the dense engine (plain autograd).
+    x = torch.rand(2, 200, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(2, 200, 3, dtype=torch.float64)
+    for loss_type, node in (("l1", "dense"), ("l2", "streaming")):
+        assert engine.choose_engine(x, y, "auto", loss_type) == node
+        xs, ys = maths.prepare_features(x, y, loss_type)
+        log = engine.evaluate(xs, ys, ContextualOptions(loss_type=loss_type)).log_similarity
+        names = set()
+        stack = [log.grad_fn]
+        while stack:
+            fn = stack.pop()
+            if fn is not None:
+                names.add(type(fn).__name__)
+                stack.extend(next_fn for next_fn, _ in fn.next_functions)
+        assert any("streaming_forward" in name for name in names) == (node == "streaming"), names
+
+
+def test_dense_entries_per_image_is_monotone_in_channels():
+    sizes = [engine.dense_entries_per_image(c) for c in range(1, 2049)]
+    assert sizes == sorted(sizes)
+    assert sizes[0] == engine.DENSE_MAX_ENTRIES == sizes[127]
+    assert sizes[-1] == engine.DENSE_MAX_SCALE * engine.DENSE_MAX_ENTRIES == 2**17
 
 
 def test_auto_rule_on_cuda_is_a_memory_model():
@@ -102,7 +165,8 @@ def test_auto_rule_on_cuda_is_a_memory_model():
     assert engine.auto_engine(2, side, side, 256, torch.float32, "cuda", memory) == "streaming"
     assert engine.auto_engine(1, side, side, 256, torch.float32, "cuda", memory // 4) == "streaming"
     # Small problems are dense on any device, and the rule never looks at free memory.
-    assert engine.auto_engine(1, 256, 256, 64, torch.float32, "cuda", GIB // 64) == "dense"
+    assert engine.auto_engine(1, 181, 181, 64, torch.float32, "cuda", GIB // 64) == "dense"
+    assert engine.auto_engine(8, 256, 256, 256, torch.float32, "cuda", GIB // 64) == "dense"
 
 
 def test_choose_engine_reads_the_device_type():

@@ -96,7 +96,7 @@ def engine_for(options: ContextualOptions, n: int, m: int, channels: int, device
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         memory = int(torch.cuda.get_device_properties(index).total_memory)
-    return _engine.auto_engine(1, n, m, channels, torch.float32, device.type, memory)
+    return _engine.auto_engine(1, n, m, channels, torch.float32, device.type, memory, options.loss_type)
 
 
 def measure_rate(

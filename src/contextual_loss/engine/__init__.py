@@ -11,9 +11,9 @@ per-target best matches (:class:`EngineResult`), on one of two engines:
   grows with N + M (plus a fixed strip workspace, ``memory_budget`` bytes), with an exact
   custom backward. Its per-strip work runs on the strip kernels of
   :mod:`contextual_loss.engine.kernels` (eager, native CPU or Triton, chosen by device).
-- ``auto`` (the default) decides by a fixed rule from the problem's size, dtype and device
-  (:func:`auto_engine`): never from the memory free at call time, so every step and every
-  process of a distributed run picks the same engine.
+- ``auto`` (the default) decides by a fixed rule from the problem's size per image and per
+  batch, channels, distance, dtype and device (:func:`auto_engine`): never from the memory free
+  at call time, so every step and every process of a distributed run picks the same engine.
 """
 
 from __future__ import annotations
@@ -42,8 +42,11 @@ from contextual_loss.options import ENGINES, ContextualOptions, EngineName
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
+    "DENSE_CHANNELS",
     "DENSE_MATRICES",
+    "DENSE_MAX_BYTES",
     "DENSE_MAX_ENTRIES",
+    "DENSE_MAX_SCALE",
     "DENSE_MEMORY_FRACTION",
     "ENGINES",
     "ContextualMatch",
@@ -55,6 +58,7 @@ __all__ = [
     "StripPlan",
     "auto_engine",
     "choose_engine",
+    "dense_entries_per_image",
     "dense_evaluate",
     "dense_log_cx_matrix",
     "dense_log_similarity",
@@ -69,9 +73,24 @@ __all__ = [
     "streaming_plan",
 ]
 
-#: ``auto`` takes the dense engine up to this many entries B * N * M on every device: the measured
-#: CPU crossover of forward + backward time (docs/engine.md).
-DENSE_MAX_ENTRIES = 2**16
+#: ``auto`` takes the dense engine while each image's N * M is at most this many entries, at
+#: C <= :data:`DENSE_CHANNELS`; the measured CPU crossover of forward + backward time at C = 75 (5 x 5
+#: RGB patches), where the streaming engine's fixed cost per image (about 1 ms) is no longer repaid
+#: (docs/engine.md).
+DENSE_MAX_ENTRIES = 2**15
+
+#: Above this many channels the per-image threshold grows in proportion to C, up to
+#: :data:`DENSE_MAX_SCALE` times :data:`DENSE_MAX_ENTRIES`: with more channels the GEMMs, which the
+#: streaming engine runs once more (it recomputes the distances in its backward), weigh more.
+DENSE_CHANNELS = 128
+
+#: The largest factor on :data:`DENSE_MAX_ENTRIES` (reached at C = 512, the largest C measured).
+DENSE_MAX_SCALE = 4
+
+#: ``auto`` never takes the dense engine when its working set, :data:`DENSE_MATRICES` (B, N, M)
+#: matrices of the compute dtype, would exceed this many bytes (CPU and every device; 6.7 M
+#: float32 entries B * N * M), unless the CUDA memory rule below allows it.
+DENSE_MAX_BYTES = 2**28
 
 #: On CUDA, ``auto`` also takes the dense engine while its working set, :data:`DENSE_MATRICES`
 #: (B, N, M) matrices of the compute dtype, is at most this fraction of the device's total memory.
@@ -82,33 +101,55 @@ DENSE_MEMORY_FRACTION = 1 / 16
 DENSE_MATRICES = 10
 
 
+def dense_entries_per_image(c: int) -> int:
+    """The largest N * M per image for which ``auto`` prefers the dense engine's speed, at C channels.
+
+    :data:`DENSE_MAX_ENTRIES` up to :data:`DENSE_CHANNELS` channels, then in proportion to C, at
+    most :data:`DENSE_MAX_SCALE` times as many.
+    """
+    scale = min(max(c / DENSE_CHANNELS, 1.0), DENSE_MAX_SCALE)
+    return int(DENSE_MAX_ENTRIES * scale)
+
+
 def auto_engine(
-    b: int, n: int, m: int, c: int, dtype: torch.dtype, device_type: str, device_memory: int | None = None
+    b: int,
+    n: int,
+    m: int,
+    c: int,
+    dtype: torch.dtype,
+    device_type: str,
+    device_memory: int | None = None,
+    loss_type: Distance | None = None,
 ) -> Literal["dense", "streaming"]:
     """The engine ``auto`` picks for B images of N x M vectors of C channels: a fixed rule, see docs/engine.md.
 
-    Dense up to :data:`DENSE_MAX_ENTRIES` entries B * N * M on every device (the CPU crossover).
-    On CUDA (``device_memory``: the device's total memory in bytes) dense also while its working set
-    fits :data:`DENSE_MEMORY_FRACTION` of the device. C does not enter: both engines do the same
-    GEMM work, and the dense engine's memory is its (B, N, M) matrices.
+    Every device: dense while each image is small, N * M <= :func:`dense_entries_per_image` (C)
+    (the CPU crossover: 2^15 up to C = 128, in proportion to C above, 2^17 from C = 512), or the
+    distance is ``"l1"`` (no GEMM: the dense engine was faster at every size measured), and the
+    dense working set, :data:`DENSE_MATRICES` (B, N, M) matrices of the compute dtype, is at most
+    :data:`DENSE_MAX_BYTES` (256 MiB). The batch does not move the crossover (both engines' time
+    grows in proportion to B), only the memory bound. On CUDA (``device_memory``: the device's
+    total memory in bytes) dense also while its working set fits :data:`DENSE_MEMORY_FRACTION` of
+    the device.
 
     Args:
         b: images B.
         n: prediction vectors N.
         m: target vectors M.
-        c: channels C (not used by the rule).
+        c: channels C.
         dtype: the inputs' dtype (float16/bfloat16 are computed in float32).
         device_type: ``"cpu"``, ``"cuda"``, ...
         device_memory: total memory of the CUDA device in bytes (``None`` elsewhere).
+        loss_type: the distance, ``"cosine"``, ``"l2"`` or ``"l1"``; ``None`` (unknown) is
+            decided as cosine and l2 are.
 
     """
-    entries = b * n * m
-    if entries <= DENSE_MAX_ENTRIES:
+    dense_bytes = b * n * m * DENSE_MATRICES * compute_dtype(dtype).itemsize
+    fast_dense = loss_type == "l1" or n * m <= dense_entries_per_image(c)
+    if fast_dense and dense_bytes <= DENSE_MAX_BYTES:
         return "dense"
-    if device_type == "cuda" and device_memory is not None:
-        itemsize = torch.empty((), dtype=compute_dtype(dtype)).element_size()
-        if entries * DENSE_MATRICES * itemsize <= device_memory * DENSE_MEMORY_FRACTION:
-            return "dense"
+    if device_type == "cuda" and device_memory is not None and dense_bytes <= device_memory * DENSE_MEMORY_FRACTION:
+        return "dense"
     return "streaming"
 
 
@@ -129,13 +170,15 @@ def _device_memory(device: torch.device) -> int | None:
     return _cuda_memory(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def choose_engine(x: Tensor, y: Tensor, engine: EngineName = "auto") -> Literal["dense", "streaming"]:
-    """The engine ``engine`` resolves to for prepared sets x (B, N, C) and y (B, M, C)."""
+def choose_engine(
+    x: Tensor, y: Tensor, engine: EngineName = "auto", loss_type: Distance | None = None
+) -> Literal["dense", "streaming"]:
+    """The engine ``engine`` resolves to for prepared sets x (B, N, C) and y (B, M, C) compared with ``loss_type``."""
     if engine != "auto":
         return engine
     (b, n, c), m = x.shape, y.shape[1]
     dtype = torch.promote_types(x.dtype, y.dtype)
-    return auto_engine(b, n, m, c, dtype, x.device.type, _device_memory(x.device))
+    return auto_engine(b, n, m, c, dtype, x.device.type, _device_memory(x.device), loss_type)
 
 
 def _prepared_set(name: str, t: object) -> Tensor:
@@ -167,7 +210,7 @@ def _evaluate(
     progress: ProgressCallback | None = None,
 ) -> EngineResult:
     _check_sets(x, y)
-    if choose_engine(x, y, engine) == "dense":
+    if choose_engine(x, y, engine, loss_type) == "dense":
         result = dense_evaluate(x, y, loss_type=loss_type, band_width=band_width, eps=eps, spatial=spatial)
         if progress is not None:  # one unit of work
             progress(1, 1)
