@@ -135,8 +135,9 @@ class FeatureDefaults:
 #: The distance for each kind of features (:data:`FeatureKind`): cosine for deep features (the papers and
 #: contextual_loss_pytorch), l2 for pixels and patches: on real photos identical crops give loss 0 and
 #: the loss grows with the shift (as with l1; cosine cannot tell flat patches apart), it runs on a
-#: matrix product (l1 has none: about 10x faster on a photo pair) and trained as well as l1 or better
-#: (docs/definition.md section 6.4, docs/training.md, experiments/real_photos).
+#: matrix product (l1 has none: about 10x faster on a photo pair); trained on misaligned photos it ties
+#: with l1 for CX and trails it by 0.14 dB for CoBi, within the seed spread (docs/definition.md section
+#: 6.4, docs/training.md, experiments/real_photos).
 DISTANCE_BY_FEATURES: Mapping[str, Distance] = MappingProxyType({"pixels": "l2", "deep": "cosine"})
 
 
