@@ -137,8 +137,8 @@ def contextual_loss(
         band_width: h > 0. Smaller values make the similarity more selective.
         loss_type: the feature distance d_ij: ``"cosine"`` (1 - cosine of vectors centred on the
             target's mean; the papers' choice for deep features), ``"l1"`` (sum of absolute
-            differences; recommended for pixels and patches) or ``"l2"`` (squared Euclidean
-            distance). ``l1`` and ``l2`` use raw, uncentred vectors, as the authors' code does.
+            differences) or ``"l2"`` (squared Euclidean distance; what the modules use for pixels
+            and patches). ``l1`` and ``l2`` use raw, uncentred vectors, as the authors' code does.
         eps: epsilon > 0 of the relative distance d / (min d + eps).
         center: the cosine distance's centre: ``"image"`` (mean of each image's target vectors,
             the default: one image's value never depends on the rest of the batch) or

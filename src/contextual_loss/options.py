@@ -91,8 +91,8 @@ SAMPLES: tuple[str, ...] = get_args(Sample)
 #: [0, sqrt(2)] (positions scaled by 1 / max(H, W)); w_s is read against the distance of two similar
 #: features: cosine distances lie in [0, 2] (Zhang et al.'s 0.1), while raw l1/l2 distances grow with
 #: the channel count. 1.0 measured best with l1 on the cards (docs/training.md); with l2 on real
-#: photos 0.1 and 0.3 trained worse than 1.0 with l1 (28.46 and 28.70 dB against 29.15 dB, seed 0,
-#: experiments/real_photos), so l2 keeps 1.0.
+#: photos (800 steps, two seeds) 0.1, 0.3 and 1.0 trained alike (29.16, 29.04, 29.06 dB) and 0.04
+#: worse (28.66 dB; experiments/real_photos), so l2 keeps 1.0.
 WEIGHT_SP_BY_DISTANCE: Mapping[Distance, float] = MappingProxyType({"cosine": 0.1, "l1": 1.0, "l2": 1.0})
 
 #: CoBi's default spatial weight w_s for the cosine distance: the functional API's and the drop-in
@@ -135,8 +135,9 @@ class FeatureDefaults:
 #: The distance for each kind of features (:data:`FeatureKind`): cosine for deep features (the papers and
 #: contextual_loss_pytorch), l2 for pixels and patches: on real photos identical crops give loss 0 and
 #: the loss grows with the shift (as with l1; cosine cannot tell flat patches apart), it runs on a
-#: matrix product (l1 has none: about 10x faster on a photo pair) and trained as well as l1 or better
-#: (docs/definition.md section 6.4, docs/training.md, experiments/real_photos).
+#: matrix product (l1 has none: about 10x faster on a photo pair); trained on misaligned photos it ties
+#: with l1 for CX and trails it by 0.14 dB for CoBi, within the seed spread (docs/definition.md section
+#: 6.4, docs/training.md, experiments/real_photos).
 DISTANCE_BY_FEATURES: Mapping[str, Distance] = MappingProxyType({"pixels": "l2", "deep": "cosine"})
 
 
