@@ -13,27 +13,9 @@ import math
 import torch
 from torch import Tensor
 
-from contextual_loss.engine.kernels.base import ColumnMax, RowStats, StripKernels
+from contextual_loss.engine.kernels.base import ColumnMax, StripKernels
+from contextual_loss.engine.streaming._forward import row_stats, select_rows
 from contextual_loss.engine.strips import make_strip_distance
-
-
-def _row_stats(n: int, like: Tensor) -> RowStats:
-    return RowStats(
-        umax=like.new_empty(n),
-        argmin=torch.empty(n, dtype=torch.long, device=like.device),
-        scale=like.new_empty(n),
-        log_norm=like.new_empty(n),
-        clamped=torch.empty(n, dtype=torch.bool, device=like.device),
-    )
-
-
-def _slice(stats: RowStats, index: slice | Tensor) -> RowStats:
-    return RowStats(
-        *(
-            None if t is None else t[index]
-            for t in (stats.umax, stats.argmin, stats.scale, stats.log_norm, stats.clamped)
-        )
-    )
 
 
 def stream_image(
@@ -49,7 +31,7 @@ def stream_image(
     """(log CX, best (M,), index (M,), dx (N, C), dy (M, C)) of prepared sets x (N, C), y (M, C)."""
     n, m = x.shape[0], y.shape[0]
     dist = make_strip_distance(x, y, loss_type)  # type: ignore[arg-type]
-    stats = _row_stats(n, x)
+    stats = row_stats(n, x)
     sensitive = torch.zeros(n, dtype=torch.bool, device=x.device)
     columns = ColumnMax(best=x.new_full((m,), -math.inf), index=torch.zeros(m, dtype=torch.long, device=x.device))
     for row0 in range(0, n, rows):
@@ -61,7 +43,7 @@ def stream_image(
         kernels.forward(
             u,
             dist.base[sl],
-            _slice(stats, sl),
+            select_rows(stats, sl),
             clamp=dist.clamp,
             band_width=band_width,
             eps=eps,
@@ -88,7 +70,7 @@ def stream_image(
         _, near = dist.refine(strip, u, None, band_width, eps, sensitive[strip], row_min)
         kernels.backward(
             u,
-            _slice(stats, strip),
+            select_rows(stats, strip),
             gamma_base=weighted[strip] / r[strip],
             band_width=band_width,
             argmax_rows=arg_rows,

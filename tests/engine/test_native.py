@@ -18,6 +18,7 @@ import torch
 from contextual_loss.engine.kernels import RowStats, native
 from contextual_loss.engine.kernels.base import ColumnMax
 from contextual_loss.engine.kernels.eager import EagerKernels
+from contextual_loss.engine.streaming._forward import row_stats
 
 HAS_COMPILER = any(shutil.which(name) for name in ("cc", "gcc", "clang"))
 EAGER = EagerKernels()
@@ -55,13 +56,7 @@ def _strip(dtype: torch.dtype, rows: int = 150, m: int = 600, seed: int = 0) -> 
 
 
 def _rows(n: int, dtype: torch.dtype) -> RowStats:
-    return RowStats(
-        umax=torch.empty(n, dtype=dtype),
-        argmin=torch.empty(n, dtype=torch.long),
-        scale=torch.empty(n, dtype=dtype),
-        log_norm=torch.empty(n, dtype=dtype),
-        clamped=torch.empty(n, dtype=torch.bool),
-    )
+    return row_stats(n, torch.empty(0, dtype=dtype))
 
 
 def _columns(m: int, dtype: torch.dtype) -> ColumnMax:

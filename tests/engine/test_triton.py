@@ -29,6 +29,7 @@ from contextual_loss.engine.kernels import triton as triton_kernels
 from contextual_loss.engine.kernels.base import ColumnMax, RowStats
 from contextual_loss.engine.kernels.eager import EagerKernels
 from contextual_loss.engine.kernels.triton import TritonKernels, availability
+from contextual_loss.engine.streaming._forward import row_stats
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = "CONTEXTUAL_LOSS_TRITON_TEST_CHILD"  # set in the child process that runs the kernel tests
@@ -61,13 +62,7 @@ def interpreted(monkeypatch):
 
 
 def _stats(n: int, dtype: torch.dtype) -> RowStats:
-    return RowStats(
-        umax=torch.empty(n, dtype=dtype),
-        argmin=torch.empty(n, dtype=torch.long),
-        scale=torch.empty(n, dtype=dtype),
-        log_norm=torch.empty(n, dtype=dtype),
-        clamped=torch.empty(n, dtype=torch.bool),
-    )
+    return row_stats(n, torch.empty(0, dtype=dtype))
 
 
 def _no_argmax(n: int, dtype: torch.dtype) -> dict:
