@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 LINT_DIRS := $(wildcard src tests benchmarks experiments examples)
 
-.PHONY: demo test lint
+.PHONY: demo test lint test-long
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,3 +23,7 @@ lint: $(BIN)/.installed
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The property-based suite with 25 times the examples and random draws (minutes; not in CI).
+test-long: $(BIN)/.installed
+	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest tests/property
