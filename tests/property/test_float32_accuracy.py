@@ -147,3 +147,51 @@ def test_a_photograph_against_a_shifted_crop(loss_type, patches, engine, budget)
         x, y = (F.unfold(t, 3).reshape(1, 27, 22, 22) for t in (x, y))
     case = Case(x=x.double(), y=y.double(), structure="photo", loss_type=loss_type, band_width=0.05)
     _check(case, engine, budget, "native")
+
+
+#: Found by the long Hypothesis profile (`make test-long`, 2026-12-01), shrunk: two images whose
+#: 2-channel vectors form one tight cluster each (spread ~2e-3 around a point far from the origin).
+#: After the batch's centring the vectors are nearly collinear, so their cosine distances are
+#: ~1e-5, and with h = 0.02, eps = 1e-8 the float32 loss of the second image is 0.7% off the
+#: float64 one (0.002522 against 0.002540), beyond the 1e-4 the suite allows. Open: the near field
+#: does not yet bring this case within tolerance.
+_CLUSTER_X = [
+    [
+        [
+            [0.3922252058982849, 0.39357027411460876, 0.3932650089263916],
+            [0.3921647369861603, 0.3928852677345276, 0.3905673027038574],
+        ],
+        [
+            [-0.22203324735164642, -0.22472959756851196, -0.22517846524715424],
+            [-0.22375379502773285, -0.22519823908805847, -0.22502852976322174],
+        ],
+    ],
+    [
+        [
+            [-0.3190465569496155, -0.31684234738349915, -0.3218039870262146],
+            [-0.3192567825317383, -0.3212282359600067, -0.32013362646102905],
+        ],
+        [
+            [-1.2073417901992798, -1.2049728631973267, -1.203465223312378],
+            [-1.20395028591156, -1.2058755159378052, -1.2078815698623657],
+        ],
+    ],
+]
+_CLUSTER_Y = [
+    [
+        [[0.392345666885376, 0.39117440581321716, 0.39198431372642517]],
+        [[-0.22003978490829468, -0.22345659136772156, -0.22463640570640564]],
+    ],
+    [
+        [[-0.32118722796440125, -0.3185339868068695, -0.31988945603370667]],
+        [[-1.2047324180603027, -1.2052290439605713, -1.208004117012024]],
+    ],
+]
+
+
+@pytest.mark.xfail(strict=True, reason="open: float32 cosine on near-collinear clusters at h = 0.02, eps = 1e-8")
+@pytest.mark.parametrize("engine", ["dense", "streaming"])
+def test_cosine_on_tight_clusters_centred_over_the_batch(engine):
+    x, y = torch.tensor(_CLUSTER_X, dtype=torch.float64), torch.tensor(_CLUSTER_Y, dtype=torch.float64)
+    case = Case(x=x, y=y, structure="clusters", loss_type="cosine", band_width=0.02, eps=1e-8, center="batch")
+    _check(case, engine, None, "native")
