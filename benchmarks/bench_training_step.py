@@ -39,7 +39,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_POINTS = "8x96,16x96,8x48,16x48"
@@ -314,6 +316,23 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _repeat(runs: dict, failures: dict, launch: Callable[[Any], dict | str], repeats: int) -> None:
+    """``repeats`` rounds over the keys of ``runs`` (interleaved), appending each fresh process's result.
+
+    A key whose process fails (``launch`` returns a string) is recorded in ``failures`` and skipped after.
+    """
+    for _ in range(repeats):
+        for key in runs:
+            if key in failures:
+                continue
+            outcome = launch(key)
+            if isinstance(outcome, str):
+                failures[key] = outcome
+            else:
+                runs[key].append(outcome)
+            print(f"{key}: {outcome}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every (point, variant) in fresh processes and print the table."""
     args = _parse(argv)
@@ -333,16 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: dict[tuple[str, str], str] = {}
     load, rate = [os.getloadavg()[0]], [matmul_rate(args.threads)]
     start = time.perf_counter()
-    for _ in range(args.repeats):
-        for key in runs:
-            if key in failures:
-                continue
-            outcome = _run_child(*key, args)
-            if isinstance(outcome, str):
-                failures[key] = outcome
-            else:
-                runs[key].append(outcome)
-            print(f"{key}: {outcome}", file=sys.stderr, flush=True)
+    _repeat(runs, failures, lambda key: _run_child(*key, args), args.repeats)
     load.append(os.getloadavg()[0])
     rate.append(matmul_rate(args.threads))
     rows = [(p, v, failures.get((p, v)) or _median_runs(runs[(p, v)])) for p, v in runs]
@@ -371,16 +381,7 @@ def _crossover_main(args: argparse.Namespace) -> int:
     points = args.crossover.split(",")
     runs: dict[str, list[dict]] = {p: [] for p in points}
     failures: dict[str, str] = {}
-    for _ in range(args.repeats):
-        for point in points:
-            if point in failures:
-                continue
-            outcome = _run_child(point, None, args)
-            if isinstance(outcome, str):
-                failures[point] = outcome
-            else:
-                runs[point].append(outcome)
-            print(f"{point}: {outcome}", file=sys.stderr, flush=True)
+    _repeat(runs, failures, lambda point: _run_child(point, None, args), args.repeats)
     load.append(os.getloadavg()[0])
     rate.append(matmul_rate(args.threads))
     rows = []
