@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.helpers import graph_node_names
 
 from contextual_loss import ContextualBilateralLoss, ContextualLoss
 from contextual_loss import functional as CF
@@ -29,13 +30,7 @@ def test_auto_uses_streaming_beyond_the_threshold():
     side = int(DENSE_MAX_ENTRIES**0.25) + 2
     x = torch.rand(1, 3, side, side, requires_grad=True)
     loss = CF.contextual_loss(x, torch.rand(1, 3, side, side), reduction="none")
-    names = set()
-    stack = [loss.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is not None:
-            names.add(type(node).__name__)
-            stack.extend(next_fn for next_fn, _ in node.next_functions)
+    names = graph_node_names(loss)
     assert any("streaming_forward" in name for name in names), names
 
 

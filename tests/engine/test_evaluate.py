@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from tests.helpers import graph_node_names
 
 from contextual_loss import engine, maths
 from contextual_loss.engine.types import SpatialTerm
@@ -136,13 +137,7 @@ def test_evaluate_routes_by_the_distance():
         assert engine.choose_engine(x, y, "auto", loss_type) == node
         xs, ys = maths.prepare_features(x, y, loss_type)
         log = engine.evaluate(xs, ys, ContextualOptions(loss_type=loss_type)).log_similarity
-        names = set()
-        stack = [log.grad_fn]
-        while stack:
-            fn = stack.pop()
-            if fn is not None:
-                names.add(type(fn).__name__)
-                stack.extend(next_fn for next_fn, _ in fn.next_functions)
+        names = graph_node_names(log)
         assert any("streaming_forward" in name for name in names) == (node == "streaming"), names
 
 
