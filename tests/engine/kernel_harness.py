@@ -1,9 +1,10 @@
 """A minimal single-image streaming pass over any StripKernels, for testing kernel implementations.
 
-It follows the streaming engine's steps (strips of ``rows`` rows, the near field of sensitive rows
-evaluated directly before the kernels run, the backward on the rows that are some target's best
-match, refined like the forward's) with nothing else, so that a kernel implementation can be checked
-against the dense engine's values and autograd gradients directly. CX only (no CoBi term).
+It follows the streaming engine's steps with nothing else: strips of ``rows`` rows; rows the kernels
+defer as sensitive get their near field evaluated directly, then a second kernel call processes
+them; the backward runs on the rows that are some target's best match, refined like the
+forward's. So a kernel implementation can be checked against the dense engine's values and
+autograd gradients directly. CX only (no CoBi term).
 """
 
 from __future__ import annotations
@@ -13,9 +14,35 @@ import math
 import torch
 from torch import Tensor
 
-from contextual_loss.engine.kernels.base import ColumnMax, StripKernels
+from contextual_loss.engine.kernels.base import ColumnMax, Deferral, RowStats, StripKernels
 from contextual_loss.engine.streaming._forward import row_stats, select_rows
-from contextual_loss.engine.strips import make_strip_distance
+from contextual_loss.engine.strips import NEAR_BLOCK, StripDistance, make_strip_distance
+
+
+def forward_strip(
+    kernels: StripKernels,
+    dist: StripDistance,
+    u: Tensor,
+    sl: slice,
+    stats: RowStats,
+    columns: ColumnMax,
+    floor: Tensor | None,
+    band_width: float,
+    eps: float,
+) -> Tensor | None:
+    """The engine's forward steps on one strip: defer sensitive rows, refine them, process them; the deferred rows."""
+    size, m = u.shape
+    defer = None
+    if floor is not None:
+        maxima = u.new_empty(size, -(-m // NEAR_BLOCK))
+        defer = Deferral(floor[sl], torch.empty(size, dtype=torch.bool, device=u.device), maxima)
+    options = {"clamp": dist.clamp, "band_width": band_width, "eps": eps, "columns": columns, "row0": sl.start}
+    if not kernels.forward(u, dist.base[sl], stats, **options, write_a=False, defer=defer) or defer is None:
+        return None
+    row_min = stats.umax.neg().clamp_min_(0.0)
+    dist.refine(sl, u, None, band_width, eps, defer.deferred, row_min, defer.block_max)
+    kernels.forward(u, dist.base[sl], stats, **options, write_a=False, only=defer.deferred)
+    return defer.deferred
 
 
 def stream_image(
@@ -34,23 +61,13 @@ def stream_image(
     stats = row_stats(n, x)
     sensitive = torch.zeros(n, dtype=torch.bool, device=x.device)
     columns = ColumnMax(best=x.new_full((m,), -math.inf), index=torch.zeros(m, dtype=torch.long, device=x.device))
+    floor = dist.sensitive_floor(band_width, eps)
     for row0 in range(0, n, rows):
         sl = slice(row0, min(n, row0 + rows))
         u = dist.affinity(sl, x.new_empty(sl.stop - row0, m))
-        found, _ = dist.refine(sl, u, None, band_width, eps)
+        found = forward_strip(kernels, dist, u, sl, select_rows(stats, sl), columns, floor, band_width, eps)
         if found is not None:
             sensitive[sl] = found
-        kernels.forward(
-            u,
-            dist.base[sl],
-            select_rows(stats, sl),
-            clamp=dist.clamp,
-            band_width=band_width,
-            eps=eps,
-            columns=columns,
-            row0=row0,
-            write_a=False,
-        )
     best, index = columns.best, columns.index
     log_sim = torch.logsumexp(best, 0) - math.log(m)
     # Backward of log CX (grad 1): the engine's bookkeeping, as in streaming._backward._backward_image.

@@ -8,8 +8,8 @@ import torch
 from contextual_loss.engine.strips import (
     DEFAULT_MEMORY_BUDGET,
     MAX_STRIP_ROWS,
-    _block_max,
     _entries_at_least,
+    block_max,
     column_max_first_index,
     plan_strips,
     row_max_first_index,
@@ -69,7 +69,7 @@ def test_near_field_search_finds_exactly_the_entries_above_each_rows_threshold(c
     u = torch.randint(0, 50, (12, cols), generator=gen).float()  # ties at the threshold included
     which = torch.tensor([0, 3, 4, 7, 11])
     low = torch.quantile(u[which], 1.0 - share, dim=1)
-    rows, found = _entries_at_least(u, _block_max(u)[which], which, low)
+    rows, found = _entries_at_least(u, block_max(u)[which], which, low)
     got = sorted(zip(rows.tolist(), found.tolist(), strict=True))
     threshold = torch.full((12,), float("inf")).index_copy_(0, which, low)
     want = sorted(map(tuple, (u >= threshold.unsqueeze(1)).nonzero().tolist()))

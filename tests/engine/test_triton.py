@@ -26,10 +26,11 @@ from tests.engine.test_kernel_interface import _dense
 
 from contextual_loss import maths
 from contextual_loss.engine.kernels import triton as triton_kernels
-from contextual_loss.engine.kernels.base import ColumnMax, RowStats
+from contextual_loss.engine.kernels.base import ColumnMax, Deferral, RowStats
 from contextual_loss.engine.kernels.eager import EagerKernels
 from contextual_loss.engine.kernels.triton import TritonKernels, availability
 from contextual_loss.engine.streaming._forward import row_stats
+from contextual_loss.engine.strips import block_max
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = "CONTEXTUAL_LOSS_TRITON_TEST_CHILD"  # set in the child process that runs the kernel tests
@@ -153,6 +154,39 @@ def test_forward_ties_across_strips_keep_the_first_strip(interpreted, dtype):
     bigger[4, 7] = bigger[4].amax() + 1.0  # a new row maximum: a = 0 there, above every other entry
     _forward(kernels, bigger, base, columns=columns, row0=18)
     assert columns.index[7] == 22
+
+
+@pytest.mark.parametrize("tiling", sorted(TILINGS))
+def test_forward_ties_go_to_the_first_row_when_the_later_strip_comes_first(interpreted, tiling):
+    """Equal values: the smaller global row wins even when processed second (deferred rows are), on both merges."""
+    u, base = _strip_with_ties(9, 23, torch.float64, seed=4)
+    kernels = TritonKernels(**TILINGS[tiling])  # "default": one row group (direct update); "small": 3 merged
+    columns = _columns(23, torch.float64)
+    _forward(kernels, u, base, columns=columns, row0=9)  # the later copy of the strip first
+    _forward(kernels, u, base, columns=columns, row0=0)
+    want = _columns(23, torch.float64)
+    _forward(kernels, u, base, columns=want, row0=0)
+    assert torch.equal(columns.best, want.best)
+    assert torch.equal(columns.index, want.index)
+
+
+def test_deferral_then_only_matches_one_whole_call(interpreted):
+    """StripKernels.forward's defer/only contract on the Triton kernels (the shared gather path)."""
+    u, base = _strip_with_ties(13, 70, torch.float32, seed=8)
+    kernels = TritonKernels(**TILINGS["small"])
+    want_cols = _columns(70, torch.float32)
+    _, want = _forward(kernels, u, base, columns=want_cols, row0=3)
+    floor = u.amax(dim=1).median().expand(13).contiguous()
+    defer = Deferral(floor, torch.empty(13, dtype=torch.bool), torch.empty(13, 2))
+    got, cols, strip = _stats(13, torch.float32), _columns(70, torch.float32), u.clone()
+    options = {"clamp": True, "band_width": 0.3, "eps": 1e-5, "columns": cols, "row0": 3, "write_a": False}
+    count = kernels.forward(strip, base, got, **options, defer=defer)
+    assert count == int((u.amax(dim=1) > floor).sum()) > 0
+    assert torch.equal(defer.block_max[defer.deferred], block_max(u)[defer.deferred])
+    kernels.forward(strip, base, got, **options, only=defer.deferred)
+    _assert_stats_equal(got, want, torch.float32)
+    assert torch.equal(cols.best, want_cols.best)
+    assert torch.equal(cols.index, want_cols.index)
 
 
 def test_forward_result_does_not_depend_on_groups(interpreted):

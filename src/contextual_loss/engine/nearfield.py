@@ -63,11 +63,13 @@ form: :math:`2 (x_i - y_k)` and :math:`x_i - y_k` (the latter differs from the G
 :math:`-y_k` by a multiple of :math:`x_i`, which the normalisation's backward pass removes), so
 equal vectors get an exactly zero gradient however large the row scale.
 
-**Where it runs.** The streaming engine's GEMM writes u = -d~ (base 0) for every row; before
-the strip kernels run, one ``amax`` over column blocks of the strip gives m~_i and the blocks that
-can hold near-field entries, and the direct values are written over those entries of u
-(:meth:`~contextual_loss.engine.strips.StripDistance.refine`): the kernels are unchanged and see
-exact row minima and exact near fields. The forward pass records which rows were sensitive; the
+**Where it runs.** The streaming engine's GEMM writes u = -d~ (base 0) for every row. The
+sensitivity test is a threshold on the row maximum (:func:`sensitive_floor`), so the strip kernels
+apply it while they read each row: a sensitive row is deferred, with its maximum and its maxima
+over column blocks (which say which blocks can hold near-field entries); the direct values are
+written over those entries of u (:meth:`~contextual_loss.engine.strips.StripDistance.refine`), and
+a second kernel call processes the deferred rows, which so see exact row minima and exact near
+fields. The forward pass records which rows were sensitive; the
 backward pass refines the same rows of its recomputed strips (their exact m_i is known), so the
 forward and backward passes see the same values whatever the strip shapes. The dense engine
 writes the direct values into its distance matrix, and autograd differentiates them.
@@ -99,6 +101,7 @@ __all__ = [
     "gemm_unit_roundoff",
     "near_reach",
     "rounding_bound",
+    "sensitive_floor",
     "sensitivity",
     "tolerance",
 ]
@@ -139,6 +142,18 @@ def sensitivity(row_min: Tensor, bound: Tensor, band_width: float, eps: float) -
     """kappa_i / tau with kappa_i = E_i / (h (max(m~_i - E_i, 0) + eps)): rows above 1 are sensitive."""
     scale = band_width * tolerance(bound.dtype)
     return bound / ((row_min - bound).clamp_min(0.0).add_(eps).mul_(scale))
+
+
+def sensitive_floor(bound: Tensor, band_width: float, eps: float) -> Tensor:
+    """The affinity above which a row is sensitive: kappa_i > tau iff max_k u_ik > floor_i, (N,).
+
+    :func:`sensitivity` > 1 reads max(m~_i - E_i, 0) < E_i / (h tau) - eps. Where the right side is
+    not positive no row minimum qualifies (floor = inf); elsewhere, with m~_i = max(-max_k u_ik, 0),
+    it holds iff max_k u_ik > -(E_i + E_i / (h tau) - eps). A per-row threshold on the row maximum
+    lets the strip kernels test rows while they read them (:class:`~contextual_loss.engine.kernels.base.Deferral`).
+    """
+    reach = bound / (band_width * tolerance(bound.dtype)) - eps
+    return torch.where(reach > 0, -(bound + reach), math.inf)
 
 
 def near_reach(row_min: Tensor, bound: Tensor, ratio: Tensor, band_width: float, eps: float) -> Tensor:

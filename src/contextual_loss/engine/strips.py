@@ -17,8 +17,9 @@ Each class also maps a strip's gradient on d back to the rows of x and to y.
 
 The GEMM forms (cosine, L2) round with an absolute error E_i per row that does not shrink with d.
 Rows where the softmax scale amplifies it beyond tolerance (exact or near duplicates) are
-*sensitive*: :meth:`StripDistance.refine` finds them (one ``amax`` over the strip) and evaluates
-their near field directly, without cancellation, before the strip kernels run; the backward pass
+*sensitive*: their maximum affinity exceeds :meth:`StripDistance.sensitive_floor`. The strip kernels
+test that as they read each row and defer those rows; :meth:`StripDistance.refine` evaluates their
+near field directly, without cancellation, before the kernels process them; the backward pass
 refines the same rows and differentiates those entries in the direct form. The maths is in
 :mod:`contextual_loss.engine.nearfield`.
 """
@@ -37,9 +38,11 @@ from contextual_loss.maths import CoBiForm, Distance
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "MAX_STRIP_ROWS",
+    "NEAR_BLOCK",
     "NearField",
     "StripDistance",
     "StripPlan",
+    "block_max",
     "column_max_first_index",
     "exp_without_underflow",
     "make_strip_distance",
@@ -109,9 +112,9 @@ def row_max_first_index(u: Tensor, block: int = 256) -> tuple[Tensor, Tensor]:
     parts = [u[:, :full].unflatten(1, (full // block, block)).amax(dim=2)] if full else []
     if full < cols:
         parts.append(u[:, full:].amax(dim=1, keepdim=True))
-    block_max = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-    first_block = block_max.argmax(dim=1)
-    row_max = block_max.gather(1, first_block.unsqueeze(1)).squeeze(1)
+    maxima = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+    first_block = maxima.argmax(dim=1)
+    row_max = maxima.gather(1, first_block.unsqueeze(1)).squeeze(1)
     start = first_block * block
     if full == cols:
         segment = u.unflatten(1, (cols // block, block))[torch.arange(rows, device=u.device), first_block]
@@ -121,28 +124,34 @@ def row_max_first_index(u: Tensor, block: int = 256) -> tuple[Tensor, Tensor]:
     return row_max, start + segment.argmax(dim=1)
 
 
-def column_max_first_index(tile: Tensor, best: Tensor, block: int = 8) -> tuple[Tensor, Tensor, Tensor]:
+def column_max_first_index(
+    tile: Tensor, best: Tensor, block: int = 8, index: Tensor | None = None, row0: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
     """Columns of ``tile`` whose maximum exceeds ``best``, with that maximum and its first row.
 
     Returns ``(cols, col_max, rows)``: the improved columns, their new maxima and the first row
     of ``tile`` attaining each. One ``amax`` over blocks of ``block`` rows finds the block maxima;
     only the first block holding each improved column's maximum is searched for its row (a
-    reduction with indices over a whole tile costs several times an ``amax`` on CPU).
+    reduction with indices over a whole tile costs several times an ``amax`` on CPU). With
+    ``index`` (M,), the global rows of the current maxima, a column whose maximum equals ``best``
+    is improved too when ``row0`` plus its first row is smaller (the strip kernels' tie rule).
     """
     rows, cols = tile.shape
-    if rows % block or rows < 2 * block:
-        col_max = tile.amax(dim=0)
-        improved = (col_max > best).nonzero().squeeze(1)
-        sub = tile if improved.numel() == cols else tile.index_select(1, improved)
-        return improved, col_max[improved], sub.argmax(dim=0)
-    blocks = tile.view(rows // block, block, cols)
-    block_max = blocks.amax(dim=1)
-    col_max = block_max.amax(dim=0)
-    improved = (col_max > best).nonzero().squeeze(1)
-    sub = block_max if improved.numel() == cols else block_max.index_select(1, improved)
+    blocked = rows % block == 0 and rows >= 2 * block
+    blocks = tile.view(rows // block, block, cols) if blocked else tile.unsqueeze(0)
+    maxima = blocks.amax(dim=1)
+    col_max = maxima.amax(dim=0)
+    tied = (col_max == best) & (col_max > -math.inf) if index is not None else None
+    candidate = col_max > best if tied is None else (col_max > best) | tied
+    improved = candidate.nonzero().squeeze(1)
+    sub = maxima if improved.numel() == cols else maxima.index_select(1, improved)
     first_block = sub.argmax(dim=0)
     segment = blocks[first_block, :, improved]  # (improved, block)
-    return improved, col_max[improved], first_block * block + segment.argmax(dim=1)
+    first = first_block * (block if blocked else 0) + segment.argmax(dim=1)
+    if tied is not None and index is not None:
+        keep = ~tied[improved] | (first + row0 < index[improved])
+        improved, first = improved[keep], first[keep]
+    return improved, col_max[improved], first
 
 
 def underflow_limit(dtype: torch.dtype) -> float:
@@ -176,10 +185,10 @@ def spatial_tile(pos_x: Tensor, pos_y: Tensor, form: CoBiForm) -> Tensor:
 
 #: Columns per block of the near-field search: one amax over blocks finds the row maxima and the
 #: blocks that can hold near-field entries, so only those blocks are searched entry by entry.
-_NEAR_BLOCK = 64
+NEAR_BLOCK = 64
 
 
-def _block_max(u: Tensor, block: int = _NEAR_BLOCK) -> Tensor:
+def block_max(u: Tensor, block: int = NEAR_BLOCK) -> Tensor:
     """(R, ceil(M / block)) maxima of the column blocks of a strip u (R, M): one pass over u."""
     cols = u.shape[1]
     full = cols - cols % block
@@ -190,17 +199,17 @@ def _block_max(u: Tensor, block: int = _NEAR_BLOCK) -> Tensor:
 
 
 def _entries_at_least(
-    u: Tensor, block_max: Tensor, which: Tensor, low: Tensor, block: int = _NEAR_BLOCK
+    u: Tensor, maxima: Tensor, which: Tensor, low: Tensor, block: int = NEAR_BLOCK
 ) -> tuple[Tensor, Tensor]:
     """(rows, cols) of the entries u_ik >= low_q of the rows i = which[q] of a contiguous strip u.
 
-    ``block_max`` (Q, blocks) holds those rows' block maxima (:func:`_block_max`): only the blocks
+    ``maxima`` (Q, blocks) holds those rows' block maxima (:func:`block_max`): only the blocks
     whose maximum reaches low_q are searched, entry by entry. Whole blocks are gathered as rows of
     a (R, M // block, block) view of u (one copy of contiguous runs, no per-entry index arithmetic);
     the last, shorter block (M not a multiple of ``block``) is compared in place.
     """
     r, m = u.shape
-    q, blocks = (block_max >= low.unsqueeze(1)).nonzero(as_tuple=True)
+    q, blocks = (maxima >= low.unsqueeze(1)).nonzero(as_tuple=True)
     if q.numel() * block > u.numel() // 2:  # most blocks: one comparison over the strip is cheaper, and smaller
         threshold = u.new_full((r,), math.inf).index_copy_(0, which, low)
         flat = (u >= threshold.unsqueeze(1)).view(-1).nonzero().squeeze(1)
@@ -268,6 +277,10 @@ class StripDistance:
         """
         raise NotImplementedError
 
+    def sensitive_floor(self, band_width: float, eps: float) -> Tensor | None:
+        """(N,) the affinity above which a row's maximum makes it sensitive, or ``None`` for a direct distance."""
+        return None if self.bound is None else nearfield.sensitive_floor(self.bound, band_width, eps)
+
     def refine(
         self,
         rows: Tensor | slice,
@@ -277,6 +290,7 @@ class StripDistance:
         eps: float,
         sensitive: Tensor | None = None,
         row_min: Tensor | None = None,
+        block_maxima: Tensor | None = None,
     ) -> tuple[Tensor | None, NearField | None]:
         """Evaluate the near field of the strip's sensitive rows directly, in place in ``u`` = -d.
 
@@ -287,9 +301,12 @@ class StripDistance:
             band_width: h.
             eps: epsilon of the relative distance.
             sensitive: (R,) bool, the rows to refine, and ``row_min`` (R,) their row minima (the
-                backward pass passes the forward's choice and exact minima); ``None``: find them
-                from the strip (rows with kappa_i > tolerance; one ``amax`` over the strip).
+                forward pass passes the rows the strip kernels deferred, the backward pass the
+                forward's choice and exact minima); ``None``: find them from the strip (rows whose
+                maximum exceeds :meth:`sensitive_floor`; one ``amax`` over the strip).
             row_min: see ``sensitive``.
+            block_maxima: (R, ceil(M / NEAR_BLOCK)) the strip's block maxima (:func:`block_max`),
+                needed for the sensitive rows only, if known; else computed for those rows.
 
         Returns:
             ``(sensitive, near)``: the (R,) rows found (``None`` for a direct distance) and the strip
@@ -299,22 +316,22 @@ class StripDistance:
         if self.bound is None:
             return None, None
         bound = self.bound[rows]
-        block_max = None
         if sensitive is None or row_min is None:
-            block_max = _block_max(u)  # the one pass over the strip that finding sensitive rows costs
-            row_min = block_max.amax(dim=1).neg_().clamp_min_(0.0)  # m~_i
-            sensitive = nearfield.sensitivity(row_min, bound, band_width, eps) > 1.0
+            block_maxima = block_max(u)  # the one pass over the strip that finding sensitive rows costs
+            row_max = block_maxima.amax(dim=1)
+            sensitive = row_max > nearfield.sensitive_floor(bound, band_width, eps)
+            row_min = row_max.neg_().clamp_min_(0.0)  # m~_i
         which = sensitive.nonzero().squeeze(1)
         if which.numel() == 0:
             return sensitive, None
-        if block_max is None:  # (the backward pass: all the strip's blocks when most rows are sensitive)
-            block_max = _block_max(u)[which] if 4 * which.numel() >= u.shape[0] else _block_max(u[which])
+        if block_maxima is None:  # (the backward pass: all the strip's blocks when most rows are sensitive)
+            block_maxima = block_max(u)[which] if 4 * which.numel() >= u.shape[0] else block_max(u[which])
         else:
-            block_max = block_max[which]
+            block_maxima = block_maxima[which]
         row_min, bound = row_min[which], bound[which]
         ratio = nearfield.sensitivity(row_min, bound, band_width, eps)
         low = nearfield.near_reach(row_min, bound, ratio, band_width, eps).neg_()  # N_i: u_ik >= low_i
-        local, cols = _entries_at_least(u, block_max, which, low)
+        local, cols = _entries_at_least(u, block_maxima, which, low)
         global_rows = (local + rows.start) if isinstance(rows, slice) else rows[local]
         exact = self.direct(global_rows, cols, u.numel())
         flat = local * u.shape[1] + cols

@@ -38,7 +38,7 @@ import torch
 
 from contextual_loss.engine.kernels import native as _native
 from contextual_loss.engine.kernels._build import NativeKernelsWarning
-from contextual_loss.engine.kernels.base import ColumnMax, RowStats, StripKernels
+from contextual_loss.engine.kernels.base import ColumnMax, Deferral, RowStats, StripKernels
 from contextual_loss.engine.kernels.eager import EagerKernels
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "ENV_VAR",
     "IMPLEMENTATIONS",
     "ColumnMax",
+    "Deferral",
     "KernelsUnavailableError",
     "NativeKernelsWarning",
     "RowStats",

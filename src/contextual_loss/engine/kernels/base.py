@@ -18,10 +18,22 @@ Forward (:meth:`StripKernels.forward`), for every row i of the strip:
 with ``exp`` of arguments below :func:`~contextual_loss.engine.strips.underflow_limit` counted
 as exactly 0. The row statistics go to ``rows``; then either ``u`` is overwritten with ``a``
 (``write_a=True``, for CoBi's released mixture, which the engine finishes itself), or the
-running column maximum ``columns`` is updated: for every column j, if
-:math:`\max_{i \in strip} a_{ij}` is *strictly* greater than ``columns.best[j]``, it replaces it
-and ``columns.index[j]`` becomes ``row0`` plus the *first* strip row attaining it (so over all
-strips the first row overall wins ties, like ``torch.max``).
+running column maximum ``columns`` is updated: for every column j, the largest
+:math:`a_{ij}` of the strip replaces ``columns.best[j]`` if it is greater, or equal with a smaller
+global row, and ``columns.index[j]`` becomes that row (``row0`` plus the *first* strip row
+attaining it). Ties go to the first row overall, like ``torch.max``, whatever the order in
+which rows and strips are processed.
+
+Two options let the engine refine some rows between the GEMM and the statistics (the near field
+of :mod:`contextual_loss.engine.nearfield`) without a separate pass over the strip:
+
+* ``defer`` (a :class:`Deferral`): a row whose maximum exceeds ``defer.floor[i]`` is *deferred*:
+  only its ``umax`` and its maxima over blocks of :data:`~contextual_loss.engine.strips.NEAR_BLOCK`
+  columns (``defer.block_max``) are written, and ``defer.deferred[i]`` is set; nothing else of the
+  row is computed, and it does not touch ``columns``. The call returns the number of deferred rows.
+* ``only`` ((R,) bool): only the rows marked are processed; the others' statistics, entries and
+  column contributions are left untouched. The engine calls ``forward`` again with
+  ``only=defer.deferred`` once it has refined those rows.
 
 Backward (:meth:`StripKernels.backward`), on the recomputed affinities of rows that are some
 target's best match, with the statistics the forward pass stored for those rows:
@@ -48,7 +60,7 @@ from typing import Protocol
 
 from torch import Tensor
 
-__all__ = ["ColumnMax", "RowStats", "StripKernels"]
+__all__ = ["ColumnMax", "Deferral", "RowStats", "StripKernels"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,24 @@ class ColumnMax:
     index: Tensor
 
 
+@dataclass(frozen=True)
+class Deferral:
+    """The near-field test of a strip's rows, done by :meth:`StripKernels.forward` while it reads them.
+
+    Attributes:
+        floor: (R,) a row is deferred when its maximum affinity exceeds ``floor[i]`` (``inf``: never).
+        deferred: (R,) bool, written: which rows were deferred.
+        block_max: (R, ceil(M / NEAR_BLOCK)) written for the deferred rows (other rows: unspecified):
+            their maxima over blocks of :data:`~contextual_loss.engine.strips.NEAR_BLOCK` columns,
+            which the near-field search uses to skip blocks.
+
+    """
+
+    floor: Tensor
+    deferred: Tensor
+    block_max: Tensor
+
+
 class StripKernels(Protocol):
     """The per-strip elementwise work of the streaming engine (see the module docstring for the maths)."""
 
@@ -98,11 +128,14 @@ class StripKernels(Protocol):
         columns: ColumnMax | None,
         row0: int,
         write_a: bool,
-    ) -> None:
+        defer: Deferral | None = None,
+        only: Tensor | None = None,
+    ) -> int:
         """Row statistics of the strip ``u`` (R, M) into ``rows``; then ``u`` := a, or update ``columns``.
 
         Args:
-            u: (R, M) affinities, contiguous; overwritten only when ``write_a``.
+            u: (R, M) affinities, contiguous; a when ``write_a``, else unspecified afterwards (the
+                rows deferred or not selected by ``only`` are left untouched).
             base: (R,) beta_i of the distance.
             rows: where the (R,) statistics are written (``rows.clamped`` may be ``None``).
             clamp: clamp m_i at 0 (cosine and squared L2, whose GEMM form can round below 0).
@@ -111,6 +144,12 @@ class StripKernels(Protocol):
             columns: the running column maximum to update (ignored when ``write_a``).
             row0: the global index of the strip's first row (for ``columns.index``).
             write_a: overwrite ``u`` with a = log CX instead of updating ``columns``.
+            defer: leave the rows whose maximum exceeds ``defer.floor`` for later (see the module
+                docstring); at most one of ``defer`` and ``only`` is given.
+            only: (R,) bool, process only these rows.
+
+        Returns:
+            The number of deferred rows (0 without ``defer``).
 
         """
         ...

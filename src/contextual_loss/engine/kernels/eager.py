@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from contextual_loss.engine.kernels.base import ColumnMax, RowStats
+from contextual_loss.engine.kernels._rows import forward_rows
+from contextual_loss.engine.kernels.base import ColumnMax, Deferral, RowStats
 from contextual_loss.engine.strips import (
     column_max_first_index,
     exp_without_underflow,
@@ -43,8 +44,29 @@ class EagerKernels:
         columns: ColumnMax | None,
         row0: int,
         write_a: bool,
-    ) -> None:
+        defer: Deferral | None = None,
+        only: Tensor | None = None,
+    ) -> int:
         """See :meth:`StripKernels.forward <contextual_loss.engine.kernels.base.StripKernels.forward>`."""
+        return forward_rows(
+            self._whole, u, base, rows, clamp=clamp, band_width=band_width, eps=eps, columns=columns, row0=row0,
+            write_a=write_a, defer=defer, only=only,
+        )  # fmt: skip
+
+    def _whole(
+        self,
+        u: Tensor,
+        base: Tensor,
+        rows: RowStats,
+        *,
+        clamp: bool,
+        band_width: float,
+        eps: float,
+        columns: ColumnMax | None,
+        row0: int,
+        write_a: bool,
+    ) -> None:
+        """The forward pass over every row of the strip."""
         umax, argmin = row_max_first_index(u)
         m_raw = base - umax
         m = m_raw.clamp_min(0.0) if clamp else m_raw
@@ -62,7 +84,7 @@ class EagerKernels:
             rows.clamped.copy_(m_raw < 0 if clamp else torch.zeros_like(m_raw, dtype=torch.bool))
         if write_a or columns is None:
             return
-        cols, col_max, local = column_max_first_index(u, columns.best)
+        cols, col_max, local = column_max_first_index(u, columns.best, index=columns.index, row0=row0)
         columns.best[cols] = col_max
         columns.index[cols] = local + row0
 

@@ -19,13 +19,13 @@ import torch
 from torch import Tensor
 
 from contextual_loss.engine.kernels import _build
-from contextual_loss.engine.kernels.base import ColumnMax, RowStats
-from contextual_loss.engine.strips import underflow_limit
+from contextual_loss.engine.kernels.base import ColumnMax, Deferral, RowStats
+from contextual_loss.engine.strips import NEAR_BLOCK, underflow_limit
 
 __all__ = ["ABI_VERSION", "NativeKernels", "availability"]
 
 #: The version of the C entry points' signatures this module declares (``cl_abi_version()``).
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 _SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}
 _OFF = {"0", "off", "false", "no"}
@@ -43,7 +43,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     for suffix in _SUFFIXES.values():
         forward = getattr(lib, f"cl_forward_strip_{suffix}")
         forward.restype = _INT
-        forward.argtypes = [_I64, _I64, _P, _P, _INT, _F64, _F64, _F64, _P, _P, _P, _P, _P, _INT, _P, _P, _I64, _INT]
+        forward.argtypes = [
+            _I64, _I64, _P, _P, _INT, _F64, _F64, _F64, _P, _P, _P, _P, _P, _INT, _P, _P, _I64, _INT,
+            _P, _P, _P, _I64, _P,  # the near-field deferral: floor, deferred, block maxima, block; only
+        ]  # fmt: skip
         backward = getattr(lib, f"cl_backward_strip_{suffix}")
         backward.restype = _INT
         backward.argtypes = [_I64, _I64, _P, _P, _P, _P, _P, _P, _P, _F64, _F64, _I64, _P, _P, _P, _INT]
@@ -132,18 +135,32 @@ class NativeKernels:
         columns: ColumnMax | None,
         row0: int,
         write_a: bool,
-    ) -> None:
+        defer: Deferral | None = None,
+        only: Tensor | None = None,
+    ) -> int:
         """See :meth:`StripKernels.forward <contextual_loss.engine.kernels.base.StripKernels.forward>`."""
+        if defer is not None and only is not None:
+            raise ValueError("give at most one of defer and only")
         best, index = (None, None) if columns is None or write_a else (columns.best, columns.index)
-        _check_buffers(u, (u, base, rows.umax, rows.scale, rows.log_norm, best), (rows.argmin, index), (rows.clamped,))
+        floor, deferred, maxima = (
+            (None, None, None) if defer is None else (defer.floor, defer.deferred, defer.block_max)
+        )
+        _check_buffers(
+            u, (u, base, rows.umax, rows.scale, rows.log_norm, best, floor, maxima), (rows.argmin, index),
+            (rows.clamped, deferred, only),
+        )  # fmt: skip
+        if maxima is not None and maxima.shape != (u.shape[0], -(-u.shape[1] // NEAR_BLOCK)):
+            raise ValueError(f"defer.block_max must have shape (rows, ceil(M / {NEAR_BLOCK})) (internal error)")
         fn = getattr(self._lib, f"cl_forward_strip_{_SUFFIXES[u.dtype]}")
         code = fn(
             u.shape[0], u.shape[1], _ptr(u), _ptr(base), int(clamp), band_width, eps, underflow_limit(u.dtype),
             _ptr(rows.umax), _ptr(rows.argmin), _ptr(rows.scale), _ptr(rows.log_norm), _ptr(rows.clamped),
             int(write_a), _ptr(best), _ptr(index), row0, torch.get_num_threads(),
+            _ptr(floor), _ptr(deferred), _ptr(maxima), NEAR_BLOCK, _ptr(only),
         )  # fmt: skip
-        if code != 0:
+        if code < 0:
             raise MemoryError("the native strip kernel could not allocate its per-thread column buffers")
+        return int(code)
 
     def backward(
         self,

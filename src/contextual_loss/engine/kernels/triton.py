@@ -61,7 +61,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from contextual_loss.engine.kernels.base import ColumnMax, RowStats
+from contextual_loss.engine.kernels._rows import forward_rows
+from contextual_loss.engine.kernels.base import ColumnMax, Deferral, RowStats
 from contextual_loss.engine.strips import underflow_limit
 
 try:  # Triton is optional: it ships with the CUDA builds of torch on Linux.
@@ -214,9 +215,11 @@ def _column_partial_kernel(
         run_val = tl.where(better, tile_max, run_val)
     if DIRECT:
         best = tl.load(best_ptr + cols, mask=col_ok, other=0.0)
-        win = col_ok & (run_val > best)
+        index = tl.load(index_ptr + cols, mask=col_ok, other=0)
+        row = run_row.to(tl.int64) + row0  # greater, or equal with a smaller row: the first row overall wins
+        win = col_ok & ((run_val > best) | ((run_val == best) & (run_val > float("-inf")) & (row < index)))
         tl.store(best_ptr + cols, run_val, mask=win)
-        tl.store(index_ptr + cols, run_row.to(tl.int64) + row0, mask=win)
+        tl.store(index_ptr + cols, row, mask=win)
     else:
         at = group.to(tl.int64) * M + cols
         tl.store(part_val_ptr + at, run_val, mask=col_ok)
@@ -241,9 +244,11 @@ def _column_merge_kernel(part_val_ptr, part_row_ptr, best_ptr, index_ptr, G, M, 
         run_row = tl.where(better, r, run_row)
         run_val = tl.where(better, v, run_val)
     best = tl.load(best_ptr + cols, mask=col_ok, other=0.0)
-    win = col_ok & (run_val > best)
+    index = tl.load(index_ptr + cols, mask=col_ok, other=0)
+    row = run_row.to(tl.int64) + row0  # greater, or equal with a smaller row: the first row overall wins
+    win = col_ok & ((run_val > best) | ((run_val == best) & (run_val > float("-inf")) & (row < index)))
     tl.store(best_ptr + cols, run_val, mask=win)
-    tl.store(index_ptr + cols, run_row.to(tl.int64) + row0, mask=win)
+    tl.store(index_ptr + cols, row, mask=win)
 
 
 def _backward_rows_kernel(
@@ -580,8 +585,29 @@ class TritonKernels:
         columns: ColumnMax | None,
         row0: int,
         write_a: bool,
-    ) -> None:
+        defer: Deferral | None = None,
+        only: Tensor | None = None,
+    ) -> int:
         """See :meth:`StripKernels.forward <contextual_loss.engine.kernels.base.StripKernels.forward>`."""
+        return forward_rows(
+            self._whole, u, base, rows, clamp=clamp, band_width=band_width, eps=eps, columns=columns, row0=row0,
+            write_a=write_a, defer=defer, only=only,
+        )  # fmt: skip
+
+    def _whole(
+        self,
+        u: Tensor,
+        base: Tensor,
+        rows: RowStats,
+        *,
+        clamp: bool,
+        band_width: float,
+        eps: float,
+        columns: ColumnMax | None,
+        row0: int,
+        write_a: bool,
+    ) -> None:
+        """The forward pass over every row of the strip (the row pass, then a or the column pass)."""
         _check_strip(u, {"base": base, "umax": rows.umax, "argmin": rows.argmin, "scale": rows.scale,
                          "log_norm": rows.log_norm, "clamped": rows.clamped})  # fmt: skip
         if u.shape[0] == 0:

@@ -4,10 +4,12 @@ For each image, the prediction's rows are visited in full-width strips. A strip'
 come from the distance's GEMM (:mod:`contextual_loss.engine.strips`), minus w_s times the spatial
 distance for CoBi's paper form; the strip kernels then write the row statistics and update the
 running column maximum A_j and its first row i*(j) (:mod:`contextual_loss.engine.kernels.base`).
-Before the kernels run, rows whose softmax scale amplifies the GEMM's rounding beyond tolerance
-(exact or near duplicates) have their near field evaluated directly
-(:meth:`~contextual_loss.engine.strips.StripDistance.refine`, :mod:`contextual_loss.engine.nearfield`);
-which rows were refined is kept for the backward pass, which refines the same rows again.
+The kernels test each row as they read it: a row whose softmax scale amplifies the GEMM's
+rounding beyond tolerance (exact or near duplicates: its maximum affinity is above a per-row floor)
+is deferred; its near field is then evaluated directly
+(:meth:`~contextual_loss.engine.strips.StripDistance.refine`, :mod:`contextual_loss.engine.nearfield`)
+and the kernels process it in a second call on the deferred rows only. Which rows were refined is
+kept for the backward pass, which refines the same rows again.
 CoBi's released form asks the kernels for a = log CX instead and finishes the strip here: the
 mixture c = logaddexp(log(1 - w) + a, log w + b), with b the spatial log-softmax, takes the column
 maximum, and a at the winning entries is kept for the backward pass.
@@ -22,9 +24,10 @@ import torch
 from torch import Tensor
 
 from contextual_loss.engine import kernels as _kernels
-from contextual_loss.engine.kernels import ColumnMax, RowStats, StripKernels
+from contextual_loss.engine.kernels import ColumnMax, Deferral, RowStats, StripKernels
 from contextual_loss.engine.streaming._problem import Positions, Problem, image_positions, log_complement, report
 from contextual_loss.engine.strips import (
+    NEAR_BLOCK,
     StripDistance,
     StripPlan,
     column_max_first_index,
@@ -95,6 +98,25 @@ class _ReleasedMixture:
         feature_best[cols] = a[local, cols]
 
 
+def _strip_forward(
+    kernels: StripKernels,
+    u: Tensor,
+    dist: StripDistance,
+    stats: RowStats,
+    problem: Problem,
+    columns: ColumnMax,
+    row0: int,
+    write_a: bool,
+    defer: Deferral | None = None,
+    only: Tensor | None = None,
+) -> int:
+    """The strip kernels' forward pass over the strip ``u`` (see StripKernels.forward); returns the rows deferred."""
+    return kernels.forward(
+        u, dist.base[row0 : row0 + u.shape[0]], stats, clamp=dist.clamp, band_width=problem.band_width,
+        eps=problem.eps, columns=columns, row0=row0, write_a=write_a, defer=defer, only=only,
+    )  # fmt: skip
+
+
 def forward(
     x: Tensor, y: Tensor, pos_x: Tensor | None, pos_y: Tensor | None, problem: Problem, keep_rows: bool
 ) -> ForwardOutputs:
@@ -108,6 +130,8 @@ def forward(
     sensitive = torch.zeros(b, n if keep_rows else 0, dtype=torch.bool, device=x.device)
     scratch = row_stats(plan.rows, x)  # one strip's statistics, reused when they are not kept
     feature_best = x.new_empty(b, m if problem.released else 0)
+    deferred = torch.empty(plan.rows, dtype=torch.bool, device=x.device)  # the near-field test of a strip's rows
+    maxima = x.new_empty(plan.rows, -(-m // NEAR_BLOCK))
     per_image = -(-n // plan.rows)
     for image in range(b):
         pos = image_positions(problem, pos_x, pos_y, image)
@@ -115,19 +139,23 @@ def forward(
         rows = select_rows(kept, image) if keep_rows else None
         mixture = _ReleasedMixture(problem, kernels, pos, plan) if problem.released and pos is not None else None
         dist = make_strip_distance(x[image], y[image], problem.loss_type)  # type: ignore[arg-type]
+        floor = dist.sensitive_floor(problem.band_width, problem.eps)  # None for L1 (computed directly)
         buffer = x.new_empty(plan.rows, m)
         for strip, row0 in enumerate(range(0, n, plan.rows)):
             sl = slice(row0, min(n, row0 + plan.rows))
             size = sl.stop - row0
             u, extra = strip_affinity(dist, sl, buffer[:size], problem, pos)
-            found, _ = dist.refine(sl, u, extra, problem.band_width, problem.eps)  # exact near fields, in u
-            if keep_rows and found is not None:
-                sensitive[image, sl] = found
-            kernels.forward(
-                u, dist.base[sl], select_rows(rows, sl) if rows is not None else select_rows(scratch, slice(0, size)),
-                clamp=dist.clamp, band_width=problem.band_width, eps=problem.eps, columns=columns, row0=row0,
-                write_a=mixture is not None,
-            )  # fmt: skip
+            stats = select_rows(rows, sl) if rows is not None else select_rows(scratch, slice(0, size))
+            defer = None if floor is None else Deferral(floor[sl], deferred[:size], maxima[:size])
+            write_a = mixture is not None
+            deferred_rows = _strip_forward(kernels, u, dist, stats, problem, columns, row0, write_a, defer)
+            if deferred_rows and defer is not None:
+                # Rows with exact or near duplicates: their near field is evaluated directly, then they are processed.
+                row_min = stats.umax.neg().clamp_min_(0.0)
+                dist.refine(sl, u, extra, problem.band_width, problem.eps, defer.deferred, row_min, defer.block_max)
+                _strip_forward(kernels, u, dist, stats, problem, columns, row0, write_a, only=defer.deferred)
+                if keep_rows:
+                    sensitive[image, sl] = defer.deferred
             if mixture is not None:
                 mixture.update(u, sl, columns, feature_best[image])
             report(image * per_image + strip + 1, b * per_image)

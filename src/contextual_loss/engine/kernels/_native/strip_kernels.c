@@ -52,7 +52,7 @@ static inline int strip_threads(int threads, int64_t rows, int64_t m) {
     return n < 1 ? 1 : (int)n;
 }
 
-int64_t cl_abi_version(void) { return 3; }
+int64_t cl_abi_version(void) { return 4; }
 
 int cl_openmp(void) {
 #ifdef _OPENMP

@@ -20,10 +20,12 @@ static int64_t NAME(first_index)(const T *row, int64_t m, T value) {
 }
 
 /* sum over j != skip of exp((row_j - shift) * scale), arguments below `lowest` counting 0. */
-static double NAME(exp_sum)(const T *row, int64_t m, T shift, T scale, int64_t skip, T lowest) {
+static double NAME(exp_sum)(const T *row, int64_t m, T shift, T scale, int64_t skip, T lowest, const T *next) {
     double total = 0.0;
     for (int64_t j0 = 0; j0 < m; j0 += BLOCK) {
         int64_t j1 = j0 + BLOCK < m ? j0 + BLOCK : m;
+        if (next != NULL)
+            for (int64_t j = j0; j < j1; j += 64 / (int64_t)sizeof(T)) __builtin_prefetch(next + j, 0, 2);
         T part = 0;
 #pragma omp simd reduction(+ : part)
         for (int64_t j = j0; j < j1; j++) {
@@ -36,12 +38,33 @@ static double NAME(exp_sum)(const T *row, int64_t m, T shift, T scale, int64_t s
     return total;
 }
 
-/* The row statistics of one row; returns its log-normaliser L and sets the other outputs. */
-static T NAME(row_stats)(const T *row, int64_t m, T base, int clamp, T h, T eps, T lowest, T *umax,
-                         int64_t *argmin, T *scale, uint8_t *clamped) {
+/* Maximum of a row. */
+static T NAME(row_max)(const T *row, int64_t m) {
     T mx = -INFINITY;
 #pragma omp simd reduction(max : mx)
     for (int64_t j = 0; j < m; j++) mx = row[j] > mx ? row[j] : mx;
+    return mx;
+}
+
+/* Maxima of a row's blocks of `block` columns (the last may be shorter) into out; returns the row maximum. */
+static T NAME(block_maxima)(const T *row, int64_t m, int64_t block, T *out) {
+    T mx = -INFINITY;
+    for (int64_t j0 = 0, b = 0; j0 < m; j0 += block, b++) {
+        int64_t j1 = j0 + block < m ? j0 + block : m;
+        T part = -INFINITY;
+#pragma omp simd reduction(max : part)
+        for (int64_t j = j0; j < j1; j++) part = row[j] > part ? row[j] : part;
+        out[b] = part;
+        mx = part > mx ? part : mx;
+    }
+    return mx;
+}
+
+/* The row statistics of one row of maximum mx; returns its log-normaliser L and sets the other outputs.
+ * `next` (or NULL) is the row this thread most likely takes next: it is prefetched into L2 during the
+ * exponential pass, whose arithmetic would otherwise leave the memory bus idle. */
+static T NAME(row_stats)(const T *row, int64_t m, T mx, T base, int clamp, T h, T eps, T lowest, T *umax,
+                         int64_t *argmin, T *scale, uint8_t *clamped, const T *next) {
     int64_t k = NAME(first_index)(row, m, mx);
     T m_raw = base - mx;
     T m_i = clamp && m_raw < 0 ? (T)0 : m_raw;
@@ -50,7 +73,7 @@ static T NAME(row_stats)(const T *row, int64_t m, T base, int clamp, T h, T eps,
     *argmin = k;
     *scale = s;
     if (clamped != NULL) *clamped = clamp && m_raw < 0;
-    return (T)log1p(NAME(exp_sum)(row, m, mx, s, k, lowest));
+    return (T)log1p(NAME(exp_sum)(row, m, mx, s, k, lowest, next));
 }
 
 /* Running maximum of a_ij = (u_ij - umax) s - L over the rows given to this thread. */
@@ -69,13 +92,21 @@ static void NAME(column_update)(const T *row, int64_t m, T mx, T s, T L, int32_t
  * Forward pass over one strip of `rows` x `m` affinities u (row-major, contiguous).
  * Writes umax, argmin, scale, log_norm (and clamped unless NULL) for each row. With write_a,
  * u is overwritten with a = log CX; otherwise, if best and index are given, the running column
- * maximum best (m) and its first row index (m, offset by row0) are updated.
- * Returns 0, or 1 if the per-thread column buffers could not be allocated.
+ * maximum best (m) and its first row index (m, offset by row0) are updated: a column takes a
+ * row's value if it is greater, or equal with a smaller row index, so the result does not depend
+ * on the order in which rows are processed (the first row overall wins ties).
+ * Deferral (floor != NULL): a row whose maximum exceeds floor[i] is left for later: only its umax
+ * and its maxima over blocks of `block` columns (block_max, rows x ceil(m / block)) are written,
+ * and deferred[i] = 1 (0 for the other rows). With only != NULL, rows with only[i] == 0 are skipped.
+ * Returns the number of deferred rows, or -1 if the per-thread column buffers could not be allocated.
  */
 int NAME(cl_forward_strip)(int64_t rows, int64_t m, T *u, const T *base, int clamp, double h, double eps,
                            double lowest, T *umax, int64_t *argmin, T *scale, T *log_norm, uint8_t *clamped,
-                           int write_a, T *best, int64_t *index, int64_t row0, int threads) {
+                           int write_a, T *best, int64_t *index, int64_t row0, int threads, const T *floor,
+                           uint8_t *deferred, T *block_max, int64_t block, const uint8_t *only) {
     int update = best != NULL && index != NULL && !write_a;
+    int64_t blocks = floor != NULL ? (m + block - 1) / block : 0;
+    int64_t deferred_rows = 0;
     threads = strip_threads(threads, rows, m);
     T *col_best = NULL;
     int32_t *col_row = NULL;
@@ -85,12 +116,13 @@ int NAME(cl_forward_strip)(int64_t rows, int64_t m, T *u, const T *base, int cla
         if (col_best == NULL || col_row == NULL) {
             free(col_best);
             free(col_row);
-            return 1;
+            return -1;
         }
     }
 #pragma omp parallel num_threads(threads)
     {
         int tid = thread_id(), nt = thread_count();
+        int64_t mine_deferred = 0;
         T *mine = update ? col_best + (size_t)tid * (size_t)m : NULL;
         int32_t *mine_row = update ? col_row + (size_t)tid * (size_t)m : NULL;
         for (int64_t j = 0; update && j < m; j++) {
@@ -101,23 +133,40 @@ int NAME(cl_forward_strip)(int64_t rows, int64_t m, T *u, const T *base, int cla
          * thread still visits its rows in increasing order, so its column maxima keep their first row. */
 #pragma omp for schedule(dynamic, ROW_CHUNK) nowait
         for (int64_t i = 0; i < rows; i++) {
+            if (only != NULL && !only[i]) continue;
             T *row = u + i * m;
-            T L = NAME(row_stats)(row, m, base[i], clamp, (T)h, (T)eps, (T)lowest, umax + i, argmin + i, scale + i,
-                                  clamped == NULL ? NULL : clamped + i);
+            T mx;
+            if (floor != NULL) {
+                mx = NAME(block_maxima)(row, m, block, block_max + i * blocks);
+                deferred[i] = mx > floor[i];
+                if (deferred[i]) {
+                    umax[i] = mx;
+                    mine_deferred++;
+                    continue;
+                }
+            } else {
+                mx = NAME(row_max)(row, m);
+            }
+            T L = NAME(row_stats)(row, m, mx, base[i], clamp, (T)h, (T)eps, (T)lowest, umax + i, argmin + i,
+                                  scale + i, clamped == NULL ? NULL : clamped + i, i + 1 < rows ? row + m : NULL);
             log_norm[i] = L;
             if (write_a) {
-                T mx = umax[i], s = scale[i];
+                T s = scale[i];
                 for (int64_t j = 0; j < m; j++) row[j] = (row[j] - mx) * s - L;
             } else if (update) {
-                NAME(column_update)(row, m, umax[i], scale[i], L, (int32_t)i, mine, mine_row);
+                NAME(column_update)(row, m, mx, scale[i], L, (int32_t)i, mine, mine_row);
             }
+        }
+        if (mine_deferred != 0) {
+#pragma omp atomic
+            deferred_rows += mine_deferred;
         }
         if (update) {
 #pragma omp barrier
             int64_t c0 = m * tid / nt, c1 = m * (tid + 1) / nt;
             for (int64_t j = c0; j < c1; j++) {
                 /* This strip's maximum, the smallest row winning ties (whichever thread saw it), then
-                 * strictly greater than the earlier strips' maximum: the first row overall wins. */
+                 * greater than the running maximum, or equal with a smaller row: the first row overall wins. */
                 T value = -INFINITY;
                 int32_t row = INT32_MAX;
                 for (int t = 0; t < nt; t++) {
@@ -128,7 +177,7 @@ int NAME(cl_forward_strip)(int64_t rows, int64_t m, T *u, const T *base, int cla
                         row = their_row;
                     }
                 }
-                if (value > best[j]) {
+                if (value > best[j] || (value == best[j] && value > -INFINITY && row0 + row < index[j])) {
                     best[j] = value;
                     index[j] = row0 + row;
                 }
@@ -137,7 +186,7 @@ int NAME(cl_forward_strip)(int64_t rows, int64_t m, T *u, const T *base, int cla
     }
     free(col_best);
     free(col_row);
-    return 0;
+    return (int)deferred_rows;
 }
 
 /* First position e in [0, q) with rows_sorted[e] >= row (rows_sorted non-decreasing). */
@@ -177,8 +226,11 @@ int NAME(cl_backward_strip)(int64_t rows, int64_t m, T *u, const T *umax, const 
         T mx = umax[i], s = scale[i], L = log_norm[i];
         int64_t k = argmin[i];
         double total = 0.0;
+        const T *next = i + 1 < rows ? row + m : NULL;
         for (int64_t j0 = 0; j0 < m; j0 += BLOCK) {
             int64_t j1 = j0 + BLOCK < m ? j0 + BLOCK : m;
+            if (next != NULL)
+                for (int64_t j = j0; j < j1; j += 64 / (int64_t)sizeof(T)) __builtin_prefetch(next + j, 1, 2);
             T part = 0;
 #pragma omp simd reduction(+ : part)
             for (int64_t j = j0; j < j1; j++) {
