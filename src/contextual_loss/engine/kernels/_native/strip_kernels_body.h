@@ -46,18 +46,15 @@ static T NAME(row_max)(const T *row, int64_t m) {
     return mx;
 }
 
-/* Maxima of a row's blocks of `block` columns (the last may be shorter) into out; returns the row maximum. */
-static T NAME(block_maxima)(const T *row, int64_t m, int64_t block, T *out) {
-    T mx = -INFINITY;
+/* Maxima of a row's blocks of `block` columns (the last may be shorter) into out. */
+static void NAME(block_maxima)(const T *row, int64_t m, int64_t block, T *out) {
     for (int64_t j0 = 0, b = 0; j0 < m; j0 += block, b++) {
         int64_t j1 = j0 + block < m ? j0 + block : m;
         T part = -INFINITY;
 #pragma omp simd reduction(max : part)
         for (int64_t j = j0; j < j1; j++) part = row[j] > part ? row[j] : part;
         out[b] = part;
-        mx = part > mx ? part : mx;
     }
-    return mx;
 }
 
 /* The row statistics of one row of maximum mx; returns its log-normaliser L and sets the other outputs.
@@ -135,17 +132,15 @@ int NAME(cl_forward_strip)(int64_t rows, int64_t m, T *u, const T *base, int cla
         for (int64_t i = 0; i < rows; i++) {
             if (only != NULL && !only[i]) continue;
             T *row = u + i * m;
-            T mx;
+            T mx = NAME(row_max)(row, m);
             if (floor != NULL) {
-                mx = NAME(block_maxima)(row, m, block, block_max + i * blocks);
                 deferred[i] = mx > floor[i];
-                if (deferred[i]) {
+                if (deferred[i]) { /* the row is in cache: its block maxima cost little now */
+                    NAME(block_maxima)(row, m, block, block_max + i * blocks);
                     umax[i] = mx;
                     mine_deferred++;
                     continue;
                 }
-            } else {
-                mx = NAME(row_max)(row, m);
             }
             T L = NAME(row_stats)(row, m, mx, base[i], clamp, (T)h, (T)eps, (T)lowest, umax + i, argmin + i,
                                   scale + i, clamped == NULL ? NULL : clamped + i, i + 1 < rows ? row + m : NULL);
