@@ -57,6 +57,8 @@ def backward(
         )
     kernels = _kernels.select(x.device, x.dtype, problem.kernels)
     plan = problem.plan(n, m, x.dtype)
+    layout = x, y  # the gradients are returned in the inputs' memory layout
+    x, y = x.contiguous(), y.contiguous()  # rows are gathered and scattered strip by strip
     dx, dy = torch.zeros_like(x), torch.zeros_like(y)
     for image in range(b):
         g, a_star = grad_best[image], best[image]
@@ -68,7 +70,12 @@ def backward(
             x[image], y[image], image_pos, g, a_star, index[image], select_rows(rows, image), sensitive[image],
             problem, kernels, plan, dx[image], dy[image],
         )  # fmt: skip
-    return dx, dy
+    return _like(dx, layout[0]), _like(dy, layout[1])
+
+
+def _like(grad: Tensor, t: Tensor) -> Tensor:
+    """``grad`` in the memory layout of ``t`` (the fake implementation's ``empty_like(t)``)."""
+    return grad if grad.stride() == t.stride() else torch.empty_like(t).copy_(grad)
 
 
 def _backward_image(
