@@ -78,6 +78,13 @@ writes the direct values into its distance matrix, and autograd differentiates t
 float64 results stay accurate to about 1e-12 even at extreme settings (eps = 1e-8, h = 0.02);
 rows are refined there mostly when they have exact or near duplicates.
 
+**What it cannot undo.** The near field makes the evaluation on the given float32 features
+accurate. Cosine features are rounded to float32 once, after float64 centring and normalisation,
+which moves each unit vector by up to u = 2^-24 and the exponents of a row by up to
+:math:`K_i = 4\sqrt2\, u \sqrt{m_i} / (h (m_i + \epsilon)) \le 2\sqrt2\, u / (h\sqrt\epsilon)`:
+the loss moves by at most about :math:`2K(e^L - 1)`, K the largest K_i. That is a property of the
+float32 features, not of their evaluation (docs/engine.md, "What float32 cannot undo").
+
 **Cosine gradients.** On the near field the gradient with respect to the prepared unit vectors
 is x_i - y_k rather than -y_k: the two differ by a multiple of x_i (radial), which the
 normalisation's backward pass removes, so gradients with respect to the features are the same;
