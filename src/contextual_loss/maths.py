@@ -26,7 +26,8 @@ CX(X, Y) (``log_similarity_from_matrix``), as in the engine and the public API.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -79,9 +80,14 @@ def zero_norm_tolerance(x: Tensor, y: Tensor, precision: torch.dtype | None = No
     """
     precision = x.dtype if precision is None else precision
     with torch.no_grad():
-        scale = torch.maximum(x.norm(dim=-1).amax(dim=-1), y.norm(dim=-1).amax(dim=-1))
-        tiny = torch.finfo(precision).tiny
-        return (ZERO_NORM_RELATIVE * torch.finfo(precision).eps * scale).clamp_min(tiny).view(-1, 1, 1)
+        return _tolerance(x.norm(dim=-1).amax(dim=-1), y.norm(dim=-1).amax(dim=-1), precision)
+
+
+def _tolerance(x_largest: Tensor, y_largest: Tensor, precision: torch.dtype) -> Tensor:
+    """The (B, 1, 1) tolerance of :func:`zero_norm_tolerance` from the (B,) largest vector norms of x and y."""
+    scale = torch.maximum(x_largest, y_largest)
+    tiny = torch.finfo(precision).tiny
+    return (ZERO_NORM_RELATIVE * torch.finfo(precision).eps * scale).clamp_min(tiny).view(-1, 1, 1)
 
 
 def _power_of_two_below(peak: Tensor) -> Tensor:
@@ -91,10 +97,13 @@ def _power_of_two_below(peak: Tensor) -> Tensor:
 
 def _normalize(v: Tensor, tol: Tensor) -> Tensor:
     """Unit vectors along the last axis; vectors of norm <= tol become exactly 0 (no gradient)."""
+    return v * _inverse_norm(v, tol)
+
+
+def _inverse_norm(v: Tensor, tol: Tensor) -> Tensor:
+    """1 / |v| along the last axis (keepdim), exactly 0 where |v| <= tol: a per-vector scale, no full-size temporary."""
     norm = v.norm(dim=-1, keepdim=True)
-    # One per-vector scale and one product: no full-size temporaries besides the result.
-    scale = torch.where(norm > tol, norm.clamp_min(tol).reciprocal(), torch.zeros_like(norm))
-    return v * scale
+    return torch.where(norm > tol, norm.clamp_min(tol).reciprocal(), torch.zeros_like(norm))
 
 
 def prepare_features(x: Tensor, y: Tensor, loss_type: Distance, center: Center = "image") -> tuple[Tensor, Tensor]:
@@ -123,9 +132,19 @@ def prepare_features(x: Tensor, y: Tensor, loss_type: Distance, center: Center =
     # operations run in float64. A power of two (exact, and without effect on directions) brings
     # the values to at most 1 before the mean (no overflow of its sum, nor of the squared norms;
     # what underflows lies far below the zero-norm tolerance): cosine is scale-invariant at any scale.
+    # The operator prepare_cosine computes exactly this, bit for bit, in row chunks that stay in
+    # cache, with a hand-written backward; the composite below is the definition, and what runs
+    # where the operator does not apply (non-contiguous or empty sets).
+    if _operator_applies(x, y):
+        xn, yn, *_ = prepare_cosine(x, y, center != "image")
+        return xn, yn if y.requires_grad else yn.detach()  # the prepared y depends on y only
+    return _prepare_cosine_composite(x, y, center)
+
+
+def _prepare_cosine_composite(x: Tensor, y: Tensor, center: Center) -> tuple[Tensor, Tensor]:
+    """``prepare_features(x, y, "cosine", center)`` as plain differentiable operations (float64 inside)."""
     with torch.no_grad():
-        peak = torch.maximum(_largest_magnitude(x), _largest_magnitude(y)).to(torch.float64)
-        scale = _power_of_two_below(peak if center == "image" else peak.amax().expand_as(peak)).view(-1, 1, 1)
+        scale = _prescale(x, y, center != "image")
     xw, yw = x * scale, y * scale  # (float64: the scale's dtype wins the type promotion; one pass each)
     mu = yw.mean(dim=1, keepdim=True) if center == "image" else yw.mean(dim=(0, 1), keepdim=True)
     # float64's eps whatever the input dtype: centring in float64 leaves noise of that order, and
@@ -134,11 +153,273 @@ def prepare_features(x: Tensor, y: Tensor, loss_type: Distance, center: Center =
     return _normalize(xw - mu, tol).to(x.dtype), _normalize(yw - mu, tol).to(y.dtype)
 
 
+def _prescale(x: Tensor, y: Tensor, batch: bool) -> Tensor:
+    """(B, 1, 1) float64 power of two bringing each image pair (or the whole batch) to at most 1 in magnitude."""
+    peak = torch.maximum(_largest_magnitude(x), _largest_magnitude(y)).to(torch.float64)
+    return _power_of_two_below(peak.amax().expand_as(peak) if batch else peak).view(-1, 1, 1)
+
+
 def _largest_magnitude(t: Tensor) -> Tensor:
     """(B,) max |t| per image of a set t (B, P, C), in one pass without a temporary (0 for an empty set)."""
     if t.shape[1] * t.shape[2] == 0:
         return t.new_zeros(t.shape[0])
     return torch.linalg.vector_norm(t.detach(), ord=math.inf, dim=(1, 2))
+
+
+# --- prepare_cosine: the cosine preparation as an operator, in cache-sized chunks -----------------
+
+#: Bytes of float64 per row chunk on the CPU: the chunk's temporaries stay in cache.
+CHUNK_BYTES = 1 << 20
+#: Up to this many channels the CPU works in row chunks. A row's norm is summed in the same order
+#: in any chunk of at least two rows, whereas a single row of more than 32768 values (ATen's grain)
+#: would be split across threads; above this bound the whole set is one chunk, as on GPUs.
+_CHUNKED_CHANNELS = 8192
+
+
+def _operator_applies(x: Tensor, y: Tensor) -> bool:
+    """Whether :func:`prepare_cosine` takes (x, y): same-shaped batches of contiguous, non-empty float sets."""
+    return (
+        x.dim() == 3
+        and y.dim() == 3
+        and x.shape[0] == y.shape[0]
+        and x.shape[2] == y.shape[2]
+        and x.device == y.device
+        and x.is_floating_point()
+        and y.is_floating_point()
+        and x.is_contiguous()
+        and y.is_contiguous()
+        and x.numel() > 0
+        and y.numel() > 0
+    )
+
+
+def _chunks(t: Tensor) -> Iterator[tuple[tuple[slice, slice], slice]]:
+    """Row chunks of a set t (B, P, C): (index of the chunk in t, index of its image in per-image tensors)."""
+    b, p, c = t.shape
+    if t.device.type != "cpu" or c > _CHUNKED_CHANNELS:
+        yield (slice(None), slice(None)), slice(None)
+        return
+    rows = _chunk_rows(c)
+    for i in range(b):
+        start = 0
+        while start < p:
+            stop = min(p, start + rows)
+            stop = p if p - stop == 1 else stop  # no single-row chunk after the first (see _CHUNKED_CHANNELS)
+            yield (slice(i, i + 1), slice(start, stop)), slice(i, i + 1)
+            start = stop
+
+
+def _chunk_rows(c: int) -> int:
+    return max(2, CHUNK_BYTES // (8 * c))
+
+
+def _workspace(t: Tensor) -> Tensor:
+    """A float64 buffer for the largest chunk of t (see :func:`_chunks`); ``_part`` cuts a chunk's view from it."""
+    _, p, c = t.shape
+    if t.device.type != "cpu" or c > _CHUNKED_CHANNELS:
+        return torch.empty(t.shape, dtype=torch.float64, device=t.device)
+    return torch.empty((1, min(p, _chunk_rows(c) + 1), c), dtype=torch.float64, device=t.device)
+
+
+def _part(work: Tensor, chunk: Tensor) -> Tensor:
+    return work[:, : chunk.shape[1]]
+
+
+def _scaled_norms(t: Tensor, scale: Tensor, scaled: Tensor) -> Tensor:
+    """(B, P) norms of the vectors of t * scale, which it writes into ``scaled`` (B, P, C) float64."""
+    norms = torch.empty(t.shape[:2], dtype=torch.float64, device=t.device)
+    for rows, image in _chunks(t):
+        # t * scale as type promotion computes it (t converted, then multiplied), without temporaries
+        w = scaled[rows].copy_(t[rows]).mul_(scale[image])
+        torch.linalg.vector_norm(w, dim=-1, out=norms[rows])
+    return norms
+
+
+def _divide_by_norms(
+    t: Tensor, scaled: Tensor | None, scale: Tensor, mu: Tensor, raw_norms: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Unit vectors v / |v| for v = t * scale - mu, in t's dtype (B, P, C), and |v| (B, P, 1) in float64.
+
+    Every vector is divided by its norm here; the zero vectors (which need the tolerance, known
+    only once both sets were read) are set afterwards by :func:`_zero_short_vectors`. ``scaled``
+    (t * scale, if given) is overwritten; without it, the norms of t * scale go into ``raw_norms`` (B, P).
+    """
+    unit = torch.empty_like(t)
+    norms = torch.empty((*t.shape[:2], 1), dtype=torch.float64, device=t.device)
+    work = _workspace(t) if scaled is None else None
+    for rows, image in _chunks(t):
+        if work is not None:
+            v = _part(work, t[rows]).copy_(t[rows]).mul_(scale[image])
+            torch.linalg.vector_norm(v, dim=-1, out=raw_norms[rows])
+        else:
+            v = scaled[rows]  # type: ignore[index]
+        v.sub_(mu[image])
+        # |v| > tol on every vector that is kept, where the definition's clamp_min(tol) does nothing
+        unit[rows] = v.mul_(torch.linalg.vector_norm(v, dim=-1, keepdim=True, out=norms[rows]).reciprocal())
+    return unit, norms
+
+
+def _zero_short_vectors(unit: Tensor, norms: Tensor, tol: Tensor, t: Tensor, scale: Tensor, mu: Tensor) -> Tensor:
+    """Set the vectors of norm <= tol to v * 0 (as the definition) in place; return the inverse norms (B, P, 1).
+
+    v = t * scale - mu is recomputed for those vectors only; mu is (B, 1, C).
+    """
+    short = norms[..., 0] <= tol[..., 0]
+    if bool(short.any()):
+        images, rows = short.nonzero(as_tuple=True)
+        unit[images, rows] = ((t[images, rows] * scale[images, 0] - mu[images, 0]) * 0.0).to(unit.dtype)
+    return torch.where(norms > tol, norms.clamp_min(tol).reciprocal(), torch.zeros_like(norms))
+
+
+_PREPARE_SCHEMA = "(Tensor x, Tensor y, bool batch) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+
+
+@torch.library.custom_op("contextual_loss::prepare_cosine", mutates_args=(), schema=_PREPARE_SCHEMA)
+def prepare_cosine(x: Tensor, y: Tensor, batch: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    r"""The cosine preparation of :func:`prepare_features` as an operator with its own backward.
+
+    With the exact power of two :math:`s` (per image, or one for the batch), :math:`\mu` the mean of
+    the :math:`s y_j` (per image, or over the batch) and :math:`v = s t - \mu` for each vector
+    :math:`t` of x and y, the prepared vector is :math:`n = v / \lVert v \rVert` (0 where
+    :math:`\lVert v \rVert \le \tau`), computed in float64 and rounded once to the input's dtype,
+    bit for bit as :func:`_prepare_cosine_composite`, in row chunks that stay in cache: x is read
+    once (twice for its largest magnitude), y twice. The backward pass is
+    :func:`_cosine_gradients`.
+
+    Args:
+        x: prediction set (B, N, C), contiguous, not empty.
+        y: target set (B, M, C), contiguous, not empty.
+        batch: centre on the mean over the batch instead of per image.
+
+    Returns:
+        The prepared x (B, N, C) and y (B, M, C) in their input dtypes, then what the backward
+        needs, in float64: :math:`s` (B, 1, 1), :math:`\mu` (B or 1, 1, C) and the inverse norms
+        :math:`1 / \lVert v \rVert` of x (B, N, 1) and y (B, M, 1), 0 for the zero vectors.
+
+    """
+    with torch.no_grad():
+        scale = _prescale(x, y, batch)
+        centred_y = torch.empty(y.shape, dtype=torch.float64, device=y.device)  # s y, then s y - mu
+        raw_y = _scaled_norms(y, scale, centred_y)
+        mu = centred_y.mean(dim=(0, 1), keepdim=True) if batch else centred_y.mean(dim=1, keepdim=True)
+        each_mu = mu.expand(x.shape[0], 1, x.shape[2])
+        raw_x = torch.empty(x.shape[:2], dtype=torch.float64, device=x.device)
+        unit_x, norms_x = _divide_by_norms(x, None, scale, each_mu, raw_x)
+        unit_y, norms_y = _divide_by_norms(y, centred_y, scale, each_mu, raw_y)
+        # float64's eps whatever the input dtype (see _prepare_cosine_composite)
+        tol = _tolerance(raw_x.amax(dim=-1), raw_y.amax(dim=-1), torch.float64)
+        inverse_x = _zero_short_vectors(unit_x, norms_x, tol, x, scale, each_mu)
+        inverse_y = _zero_short_vectors(unit_y, norms_y, tol, y, scale, each_mu)
+    return unit_x, unit_y, scale, mu, inverse_x, inverse_y
+
+
+@prepare_cosine.register_fake
+def _prepare_cosine_fake(x: Tensor, y: Tensor, batch: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    (b, n, c), m = x.shape, y.shape[1]
+    wide = torch.float64
+    return (
+        torch.empty_like(x),
+        torch.empty_like(y),
+        x.new_empty((b, 1, 1), dtype=wide),
+        x.new_empty((1 if batch else b, 1, c), dtype=wide),
+        x.new_empty((b, n, 1), dtype=wide),
+        x.new_empty((b, m, 1), dtype=wide),
+    )
+
+
+def _scaled_unit_gradient(
+    t: Tensor, grad: Tensor, scale: Tensor, mu: Tensor, inverse: Tensor, work: Tensor, out: Tensor
+) -> Tensor:
+    r"""Write s J = s (g - n (n . g)) / |v| for a chunk of vectors t into ``out`` (float64) and return it.
+
+    With v = s t - mu (in ``work``), n = v / |v| and a = s / |v|: s J = a g - (a (v . g) / |v|^2) v.
+    """
+    v = work.copy_(t).mul_(scale).sub_(mu)
+    g = out.copy_(grad)
+    factor = inverse * scale
+    along = torch.einsum("...c,...c->...", v, g).unsqueeze(-1).mul_(inverse.square()).mul_(factor)
+    return g.mul_(factor).addcmul_(v, along, value=-1)
+
+
+def _cosine_gradients(
+    grads: tuple[Tensor | None, Tensor | None], saved: tuple[Tensor, ...], batch: bool, needs: tuple[bool, bool]
+) -> tuple[Tensor | None, Tensor | None]:
+    r"""(dx, dy) of :func:`prepare_cosine` in float64, rounded to the inputs' dtypes; None where not needed.
+
+    With :math:`J = (g - n (n \cdot g)) / \lVert v \rVert` the gradient on each centred vector
+    :math:`v = s t - \mu` (0 for the zero vectors, whose inverse norm is 0), :math:`dx_i = s J_i`
+    and, as :math:`\mu` is the mean of the M scaled target vectors (of the B M over the batch),
+    :math:`dy_j = s J_j - s \bar J` with :math:`\bar J = (\sum_i J^x_i + \sum_j J^y_j) / M`, the
+    sums per image (over the batch, where s is one number).
+    """
+    grad_x, grad_y = grads
+    x, y, scale, mu, inverse_x, inverse_y = saved
+    each_mu = mu.expand(x.shape[0], 1, x.shape[2])
+    total = torch.zeros(each_mu.shape, dtype=torch.float64, device=x.device)  # sum of s J per image
+    dx = torch.empty_like(x) if needs[0] and grad_x is not None else None
+    if grad_x is not None and (needs[0] or needs[1]):
+        work, sj_x = _workspace(x), _workspace(x)
+        for rows, image in _chunks(x):
+            part = x[rows]
+            sj = _scaled_unit_gradient(
+                part, grad_x[rows], scale[image], each_mu[image], inverse_x[rows], _part(work, part), _part(sj_x, part)
+            )
+            if needs[1]:
+                total[image] += sj.sum(dim=1, keepdim=True)
+            if dx is not None:
+                dx[rows] = sj
+    if not needs[1]:
+        return dx, None
+    dy = torch.empty_like(y)
+    sj_y = None if grad_y is None else torch.empty(y.shape, dtype=torch.float64, device=y.device)
+    if grad_y is not None and sj_y is not None:
+        work = _workspace(y)
+        for rows, image in _chunks(y):
+            part = y[rows]
+            sj = _scaled_unit_gradient(
+                part, grad_y[rows], scale[image], each_mu[image], inverse_y[rows], _part(work, part), sj_y[rows]
+            )
+            total[image] += sj.sum(dim=1, keepdim=True)
+    mean = total.sum(dim=0, keepdim=True).div_(y.shape[0] * y.shape[1]) if batch else total.div_(y.shape[1])
+    mean = mean.expand_as(each_mu)
+    for rows, image in _chunks(y):
+        dy[rows] = -mean[image] if sj_y is None else sj_y[rows].sub_(mean[image])
+    return dx, dy
+
+
+def _setup_prepare_cosine(ctx: Any, inputs: tuple, output: tuple) -> None:
+    x, y, batch = inputs
+    ctx.batch = batch
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no pass over zeros
+    ctx.save_for_backward(x, y, *output[2:])
+    ctx.mark_non_differentiable(*output[2:])
+
+
+def _prepare_cosine_backward(ctx: Any, grad_x: Tensor | None, grad_y: Tensor | None, *_unused: Tensor) -> tuple:
+    needs = (bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1]))
+    x, y, *rest = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: the gradient as a graph that can be differentiated again
+        return (*_composite_gradients(x, y, ctx.batch, (grad_x, grad_y), needs), None)
+    with torch.no_grad():
+        return (*_cosine_gradients((grad_x, grad_y), (x, y, *rest), ctx.batch, needs), None)
+
+
+def _composite_gradients(
+    x: Tensor, y: Tensor, batch: bool, grads: tuple[Tensor | None, Tensor | None], needs: tuple[bool, bool]
+) -> tuple[Tensor | None, Tensor | None]:
+    """The gradients through :func:`_prepare_cosine_composite`, differentiable (for double backward)."""
+    outputs = _prepare_cosine_composite(x, y, "batch" if batch else "image")
+    pairs = [(out, g) for out, g in zip(outputs, grads, strict=True) if g is not None and out.requires_grad]
+    wanted = [t for t, need in zip((x, y), needs, strict=True) if need]
+    if not pairs or not wanted:
+        return None, None
+    found = iter(
+        torch.autograd.grad([p[0] for p in pairs], wanted, [p[1] for p in pairs], create_graph=True, allow_unused=True)
+    )
+    return tuple(next(found) if need else None for need in needs)  # type: ignore[return-value]
+
+
+prepare_cosine.register_autograd(_prepare_cosine_backward, setup_context=_setup_prepare_cosine)
 
 
 def feature_distance(x: Tensor, y: Tensor, loss_type: Distance) -> Tensor:
