@@ -480,7 +480,7 @@ def test_single_vector_sets(n, m):
 
 @pytest.mark.parametrize("loss_type", ["cosine", "l2"])
 def test_transposed_inputs_give_the_same_values_and_gradients_in_their_own_layout(loss_type):
-    # (B, C, H, W) features reach the engine as transposed (B, N, C) views; the engine works on
+    # A direct caller may pass transposed (B, N, C) views of (B, C, N) features; the engine works on
     # contiguous copies (row gathers) and returns each gradient in its input's layout.
     gen = torch.Generator().manual_seed(21)
     feats = torch.randn(2, 6, 40, generator=gen, dtype=torch.float64)  # (B, C, N)

@@ -121,7 +121,7 @@ def forward(
     x: Tensor, y: Tensor, pos_x: Tensor | None, pos_y: Tensor | None, problem: Problem, keep_rows: bool
 ) -> ForwardOutputs:
     """Stream a batch of prepared sets x (B, N, C), y (B, M, C) in their (compute) dtype; see :data:`ForwardOutputs`."""
-    x, y = x.contiguous(), y.contiguous()  # (B, C, H, W) features arrive transposed: row gathers would stride by N
+    x, y = x.contiguous(), y.contiguous()  # a transposed view (direct callers) would make row gathers stride by N
     (b, n, _), m = x.shape, y.shape[1]
     kernels = _kernels.select(x.device, x.dtype, problem.kernels)
     plan = problem.plan(n, m, x.dtype)
