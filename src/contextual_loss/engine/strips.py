@@ -109,10 +109,7 @@ def row_max_first_index(u: Tensor, block: int = 256) -> tuple[Tensor, Tensor]:
     """
     rows, cols = u.shape
     full = cols - cols % block
-    parts = [u[:, :full].unflatten(1, (full // block, block)).amax(dim=2)] if full else []
-    if full < cols:
-        parts.append(u[:, full:].amax(dim=1, keepdim=True))
-    maxima = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+    maxima = block_max(u, block)
     first_block = maxima.argmax(dim=1)
     row_max = maxima.gather(1, first_block.unsqueeze(1)).squeeze(1)
     start = first_block * block
