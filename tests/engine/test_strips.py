@@ -74,3 +74,21 @@ def test_near_field_search_finds_exactly_the_entries_above_each_rows_threshold(c
     threshold = torch.full((12,), float("inf")).index_copy_(0, which, low)
     want = sorted(map(tuple, (u >= threshold.unsqueeze(1)).nonzero().tolist()))
     assert got == want
+
+
+@pytest.mark.parametrize("rows", [5, 16])  # a tile below and one at the blocked path's size
+def test_column_max_ties_go_to_the_smaller_global_row(rows):
+    tile = torch.zeros(rows, 4)
+    tile[3] = torch.tensor([1.0, 2.0, 3.0, -1.0])  # row 3 holds the maxima of columns 0-2; column 3's is 0 (row 0)
+    best = torch.tensor([1.0, 2.0, 2.5, 0.0])
+    index = torch.tensor([50, 2, 7, 9])
+    cols, _, _ = column_max_first_index(tile, best)  # strict, without index: only column 2 improves
+    assert cols.tolist() == [2]
+    # the tie rule at row0 = 5: global row 8 beats row 50 (column 0) but not row 2; row 5 beats row 9
+    cols, col_max, first = column_max_first_index(tile, best, index=index, row0=5)
+    assert cols.tolist() == [0, 2, 3] and first.tolist() == [3, 3, 0] and col_max.tolist() == [1.0, 3.0, 0.0]
+    # gathered rows: tile row 3 is global row 1 (beats rows 50 and 2), row 0 is global row 100 (not row 9)
+    global_rows = torch.full((rows,), 100)
+    global_rows[3] = 1
+    cols, _, _ = column_max_first_index(tile, best, index=index, global_rows=global_rows)
+    assert cols.tolist() == [0, 1, 2]

@@ -122,7 +122,12 @@ def row_max_first_index(u: Tensor, block: int = 256) -> tuple[Tensor, Tensor]:
 
 
 def column_max_first_index(
-    tile: Tensor, best: Tensor, block: int = 8, index: Tensor | None = None, row0: int = 0
+    tile: Tensor,
+    best: Tensor,
+    block: int = 8,
+    index: Tensor | None = None,
+    row0: int = 0,
+    global_rows: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Columns of ``tile`` whose maximum exceeds ``best``, with that maximum and its first row.
 
@@ -131,7 +136,8 @@ def column_max_first_index(
     only the first block holding each improved column's maximum is searched for its row (a
     reduction with indices over a whole tile costs several times an ``amax`` on CPU). With
     ``index`` (M,), the global rows of the current maxima, a column whose maximum equals ``best``
-    is improved too when ``row0`` plus its first row is smaller (the strip kernels' tie rule).
+    is improved too when the global row of its first row is smaller (the strip kernels' tie rule):
+    ``row0`` plus the tile row, or ``global_rows[row]`` ((R,), for tiles of gathered rows).
     """
     rows, cols = tile.shape
     blocked = rows % block == 0 and rows >= 2 * block
@@ -146,7 +152,8 @@ def column_max_first_index(
     segment = blocks[first_block, :, improved]  # (improved, block)
     first = first_block * (block if blocked else 0) + segment.argmax(dim=1)
     if tied is not None and index is not None:
-        keep = ~tied[improved] | (first + row0 < index[improved])
+        first_global = global_rows[first] if global_rows is not None else first + row0
+        keep = ~tied[improved] | (first_global < index[improved])
         improved, first = improved[keep], first[keep]
     return improved, col_max[improved], first
 

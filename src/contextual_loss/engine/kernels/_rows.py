@@ -9,14 +9,13 @@ are processed does not matter). The maths is in :mod:`contextual_loss.engine.ker
 
 from __future__ import annotations
 
-import math
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from contextual_loss.engine.kernels.base import ColumnMax, Deferral, RowStats
-from contextual_loss.engine.strips import block_max
+from contextual_loss.engine.strips import block_max, column_max_first_index
 
 __all__ = ["WholeStrip", "forward_rows", "merge_columns"]
 
@@ -44,13 +43,9 @@ def merge_columns(columns: ColumnMax, a: Tensor, global_rows: Tensor) -> None:
 
     A column takes the strip's value if it is greater, or equal with a smaller row (never for -inf).
     """
-    col_max = a.amax(dim=0)
-    first = (a == col_max).to(torch.int32).argmax(dim=0)  # argmax returns the first maximal index
-    row = global_rows[first]
-    best, index = columns.best, columns.index
-    better = (col_max > best) | ((col_max == best) & (row < index) & (col_max > -math.inf))
-    best.copy_(torch.where(better, col_max, best))
-    index.copy_(torch.where(better, row, index))
+    cols, col_max, first = column_max_first_index(a, columns.best, index=columns.index, global_rows=global_rows)
+    columns.best[cols] = col_max
+    columns.index[cols] = global_rows[first]
 
 
 def forward_rows(
