@@ -25,9 +25,9 @@ Forward, ``u`` (R, M) read three times instead of the eager path's ten or so pas
    replaced only by strictly greater values). With one row group the program then updates
    ``columns`` directly; otherwise it writes its partial result to a (groups, M) scratch and
    :func:`_column_merge_kernel` merges the groups in order (strictly greater wins again) and
-   updates ``columns`` (strictly greater than ``best``). No atomics: the result is the same
-   whatever the scheduling, the tiling or the number of groups, and the first row overall wins
-   ties, as in the eager reference and ``torch.max``.
+   updates ``columns`` where greater than ``best``, or equal with a smaller global row. No
+   atomics: the result is the same whatever the scheduling, the tiling or the number of groups,
+   and the first row overall wins ties, as in the eager reference and ``torch.max``.
 
 Backward: :func:`_backward_rows_kernel` (one program per ``BLOCK_R`` rows) recomputes a with
 a = -L at k(i), writes p = exp(a) over u (except at k(i)), accumulates the entropy, and writes

@@ -16,7 +16,8 @@
  *   umax_i = max_k u_ik, k(i) its first index, m_i = beta_i - umax_i (clamped at 0 if asked),
  *   s_i = 1 / ((m_i + eps) h), t_ik = (u_ik - umax_i) s_i,
  *   L_i = log1p(sum_{k != k(i)} exp(t_ik)), a_ik = t_ik - L_i = log CX_ik,
- *   best_j = max_i a_ij, the first row winning ties (strictly greater across strips).
+ *   best_j = max_i a_ij, the first row winning ties (across strips and calls: greater, or equal with a
+ *   smaller row).
  * Backward, per recomputed row: a_ik = t_ik - L_i as above (a_{i,k(i)} = -L_i), p = exp(a),
  *   the row entropy H_i = -sum_k p_ik a_ik, and the strip's gradient G written over u: p, with the
  *   row's best-match entries replaced by the given values and gamma_i = -h (gamma_base_i + H_i)
