@@ -1,15 +1,16 @@
 """Deferred rows and row selection (``defer`` and ``only`` of ``StripKernels.forward``) for any implementation.
 
 The native kernels test and skip rows while they read them. The eager and Triton implementations
-delegate here: the selected rows are gathered into a smaller strip, their whole-strip pass runs on
-it with ``write_a`` (statistics and a = log CX), and a is folded into the running column maximum
-with the interface's tie rule (greater, or equal with a smaller global row: the order in which rows
-are processed does not matter). The maths is in :mod:`contextual_loss.engine.kernels.base`.
+derive from :class:`WholeStripForward`, which gives them ``forward`` once: the selected rows are
+gathered into a smaller strip, their whole-strip pass runs on it with ``write_a`` (statistics and
+a = log CX), and a is folded into the running column maximum with the interface's tie rule
+(greater, or equal with a smaller global row: the order in which rows are processed does not
+matter). The maths is in :mod:`contextual_loss.engine.kernels.base`.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -17,25 +18,7 @@ from torch import Tensor
 from contextual_loss.engine.kernels.base import ColumnMax, Deferral, RowStats
 from contextual_loss.engine.strips import block_max, column_max_first_index
 
-__all__ = ["WholeStrip", "forward_rows", "merge_columns"]
-
-
-class WholeStrip(Protocol):
-    """An implementation's forward pass over every row of a strip (no ``defer``, no ``only``)."""
-
-    def __call__(
-        self,
-        u: Tensor,
-        base: Tensor,
-        rows: RowStats,
-        *,
-        clamp: bool,
-        band_width: float,
-        eps: float,
-        columns: ColumnMax | None,
-        row0: int,
-        write_a: bool,
-    ) -> None: ...
+__all__ = ["WholeStripForward", "merge_columns"]
 
 
 def merge_columns(columns: ColumnMax, a: Tensor, global_rows: Tensor) -> None:
@@ -48,12 +31,52 @@ def merge_columns(columns: ColumnMax, a: Tensor, global_rows: Tensor) -> None:
     columns.index[cols] = global_rows[first]
 
 
-def forward_rows(
-    whole: WholeStrip,
+class WholeStripForward:
+    """Base of the implementations whose forward pass runs over whole strips (eager, Triton).
+
+    A subclass implements :meth:`_whole`; :meth:`forward` adds ``defer`` and ``only`` on top of it.
+    """
+
+    def _whole(
+        self,
+        u: Tensor,
+        base: Tensor,
+        rows: RowStats,
+        *,
+        clamp: bool,
+        band_width: float,
+        eps: float,
+        columns: ColumnMax | None,
+        row0: int,
+        write_a: bool,
+    ) -> None:
+        """The forward pass over every row of the strip (``StripKernels.forward`` without defer and only)."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        u: Tensor,
+        base: Tensor,
+        rows: RowStats,
+        *,
+        clamp: bool,
+        band_width: float,
+        eps: float,
+        columns: ColumnMax | None,
+        row0: int,
+        write_a: bool,
+        defer: Deferral | None = None,
+        only: Tensor | None = None,
+    ) -> int:
+        """See :meth:`StripKernels.forward <contextual_loss.engine.kernels.base.StripKernels.forward>`."""
+        return _forward_rows(self._whole, u, base, rows, clamp, band_width, eps, columns, row0, write_a, defer, only)
+
+
+def _forward_rows(
+    whole: Callable[..., None],
     u: Tensor,
     base: Tensor,
     rows: RowStats,
-    *,
     clamp: bool,
     band_width: float,
     eps: float,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from contextual_loss.engine.kernels._rows import forward_rows
-from contextual_loss.engine.kernels.base import ColumnMax, Deferral, RowStats
+from contextual_loss.engine.kernels._rows import WholeStripForward
+from contextual_loss.engine.kernels.base import ColumnMax, RowStats
 from contextual_loss.engine.strips import (
     column_max_first_index,
     exp_without_underflow,
@@ -27,31 +27,10 @@ def _exp(t: Tensor, out: Tensor | None = None) -> Tensor:
     return exp_without_underflow(t, t.amin(dim=1), out=out)
 
 
-class EagerKernels:
+class EagerKernels(WholeStripForward):
     """:class:`~contextual_loss.engine.kernels.base.StripKernels` as eager PyTorch operations."""
 
     name = "eager"
-
-    def forward(
-        self,
-        u: Tensor,
-        base: Tensor,
-        rows: RowStats,
-        *,
-        clamp: bool,
-        band_width: float,
-        eps: float,
-        columns: ColumnMax | None,
-        row0: int,
-        write_a: bool,
-        defer: Deferral | None = None,
-        only: Tensor | None = None,
-    ) -> int:
-        """See :meth:`StripKernels.forward <contextual_loss.engine.kernels.base.StripKernels.forward>`."""
-        return forward_rows(
-            self._whole, u, base, rows, clamp=clamp, band_width=band_width, eps=eps, columns=columns, row0=row0,
-            write_a=write_a, defer=defer, only=only,
-        )  # fmt: skip
 
     def _whole(
         self,

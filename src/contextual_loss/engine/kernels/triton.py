@@ -61,8 +61,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from contextual_loss.engine.kernels._rows import forward_rows
-from contextual_loss.engine.kernels.base import ColumnMax, Deferral, RowStats
+from contextual_loss.engine.kernels._rows import WholeStripForward
+from contextual_loss.engine.kernels.base import ColumnMax, RowStats
 from contextual_loss.engine.strips import underflow_limit
 
 try:  # Triton is optional: it ships with the CUDA builds of torch on Linux.
@@ -536,7 +536,7 @@ def _check_strip(u: Tensor, vectors: dict[str, Tensor | None]) -> None:
             raise ValueError(f"{name} is on {t.device} but the strip u is on {u.device}")
 
 
-class TritonKernels:
+class TritonKernels(WholeStripForward):
     """:class:`~contextual_loss.engine.kernels.base.StripKernels` as Triton kernels (see the module docstring).
 
     Args:
@@ -572,27 +572,6 @@ class TritonKernels:
         return _plan_columns(rows, cols, device, self.tile, self.column_width, self.groups)
 
     # -- the interface
-
-    def forward(
-        self,
-        u: Tensor,
-        base: Tensor,
-        rows: RowStats,
-        *,
-        clamp: bool,
-        band_width: float,
-        eps: float,
-        columns: ColumnMax | None,
-        row0: int,
-        write_a: bool,
-        defer: Deferral | None = None,
-        only: Tensor | None = None,
-    ) -> int:
-        """See :meth:`StripKernels.forward <contextual_loss.engine.kernels.base.StripKernels.forward>`."""
-        return forward_rows(
-            self._whole, u, base, rows, clamp=clamp, band_width=band_width, eps=eps, columns=columns, row0=row0,
-            write_a=write_a, defer=defer, only=only,
-        )  # fmt: skip
 
     def _whole(
         self,
