@@ -342,7 +342,17 @@ def test_real_compiler_error_and_cc_with_arguments(tmp_path, monkeypatch):
     assert "missing_header.h" in status and "No such file or directory" in status
 
 
-def _gone(pid: int) -> bool:
+def _gone(pid: int, wait_s: float = 5.0) -> bool:
+    """Whether the process ``pid`` has died (a SIGKILL is delivered asynchronously: poll for a while)."""
+    deadline = time.monotonic() + wait_s
+    while not _dead(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _dead(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, ProcessLookupError):
