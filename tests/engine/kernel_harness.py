@@ -76,6 +76,7 @@ def stream_image(
     need = (r != 0).nonzero().squeeze(1)
     weighted = x.new_zeros(n).index_add_(0, index, g * best)
     dx, dy = torch.zeros_like(x), torch.zeros_like(y)
+    lane = dist.y_gradient(dy)
     for q0 in range(0, need.numel(), rows):
         strip = need[q0 : q0 + rows]
         owners = index.unsqueeze(0) == strip.unsqueeze(1)  # (R, M): column j is owned by strip row q
@@ -94,6 +95,6 @@ def stream_image(
             argmax_cols=arg_cols,
             argmax_values=values,
         )
-        dist.backward(strip, u, stats.scale[strip] * r[strip], dx, dy, near)
-    dist.finish(dy)
+        dist.backward(strip, u, stats.scale[strip] * r[strip], dx, lane, near)
+    dist.finish([lane])
     return log_sim, best, index, dx, dy

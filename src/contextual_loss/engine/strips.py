@@ -38,10 +38,12 @@ from contextual_loss.maths import CoBiForm, Distance
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "MAX_STRIP_ROWS",
+    "MIN_SHARED_STRIP_ENTRIES",
     "NEAR_BLOCK",
     "NearField",
     "StripDistance",
     "StripPlan",
+    "YGradient",
     "block_max",
     "column_max_first_index",
     "exp_without_underflow",
@@ -54,6 +56,10 @@ __all__ = [
 
 #: Default workspace of the streaming engine, in bytes (64 MiB): two float32 strips of 8M entries.
 DEFAULT_MEMORY_BUDGET = 64 * 2**20
+
+#: Strips of fewer entries than this are not shared among worker threads: a hand-over costs about
+#: 10 us, and PyTorch's own threads split a small strip well enough.
+MIN_SHARED_STRIP_ENTRIES = 1 << 16
 
 #: The tallest strip used. Taller strips re-read Y less often (each strip's GEMM reads all of Y),
 #: but the GEMM output and the elementwise work on it fall out of cache (see docs/engine.md).
@@ -71,6 +77,8 @@ class StripPlan:
             CoBi spatial term); the native CPU kernels need one buffer fewer, so for them the
             workspace is an upper bound.
         itemsize: bytes per entry of the compute dtype.
+        workers: threads that share the strips, each with its own buffers (CPU; 1 runs them in
+            the calling thread with PyTorch's intra-op threads).
 
     """
 
@@ -78,24 +86,56 @@ class StripPlan:
     columns: int
     tiles: int
     itemsize: int
+    workers: int = 1
 
     @property
     def workspace_bytes(self) -> int:
         """Bytes of the strip buffers alive at once: the engine's memory beyond O((N + M) C)."""
-        return self.rows * self.tiles * self.columns * self.itemsize
+        return self.rows * self.tiles * self.columns * self.itemsize * self.workers
+
+    def strip_rows(self, count: int) -> int:
+        """Rows per strip for ``count`` rows: ``rows``, evened out so the strips come in whole rounds of workers.
+
+        Examples:
+            >>> StripPlan(rows=256, columns=4096, tiles=2, itemsize=4, workers=2).strip_rows(700)
+            175
+            >>> StripPlan(rows=256, columns=4096, tiles=2, itemsize=4).strip_rows(700)
+            256
+
+        """
+        if self.workers == 1 or count <= self.rows:
+            return self.rows if self.workers == 1 else max(1, -(-count // self.workers))
+        strips = -(-count // self.rows)
+        strips = -(-strips // self.workers) * self.workers  # whole rounds: no worker idles at the end
+        return -(-count // strips)
 
 
 def plan_strips(
-    n: int, m: int, *, dtype: torch.dtype, memory_budget: int, tiles: int, max_rows: int | None = None
+    n: int,
+    m: int,
+    *,
+    dtype: torch.dtype,
+    memory_budget: int,
+    tiles: int,
+    max_rows: int | None = None,
+    workers: int = 1,
 ) -> StripPlan:
     """Tallest strips (at most ``max_rows``, default :data:`MAX_STRIP_ROWS`) whose buffers fit the budget.
 
-    Both passes hold ``tiles`` buffers of ``rows x m`` entries.
+    Both passes hold ``tiles`` buffers of ``rows x m`` entries per worker; ``workers`` threads
+    share the budget. More than one worker is used only when that gives each at least one strip
+    of :data:`MIN_SHARED_STRIP_ENTRIES` entries; else the plan has one worker.
     At least one row is used, so a budget below one row's buffers is exceeded by that single row
     (the engine streams rows, not 2-D tiles).
     """
     itemsize = torch.empty((), dtype=dtype).element_size()
     cap = min(n, MAX_STRIP_ROWS if max_rows is None else max_rows)
+    if workers > 1 and n >= 2:
+        rows = max(1, min(cap, memory_budget // (m * tiles * itemsize * workers)))
+        shared = StripPlan(rows=rows, columns=m, tiles=tiles, itemsize=itemsize, workers=min(workers, n))
+        rows = shared.strip_rows(n)
+        if rows * m >= MIN_SHARED_STRIP_ENTRIES and rows < n:
+            return StripPlan(rows=rows, columns=m, tiles=tiles, itemsize=itemsize, workers=shared.workers)
     rows = max(1, min(cap, memory_budget // (m * tiles * itemsize)))
     return StripPlan(rows=rows, columns=m, tiles=tiles, itemsize=itemsize)
 
@@ -252,6 +292,20 @@ class NearField:
     cols: Tensor
 
 
+@dataclass
+class YGradient:
+    """A share of the gradient on y that strips accumulate into, in a fixed order (one lane of strips).
+
+    Attributes:
+        dy: (M, C) gradient on y (the direct near-field terms, and the GEMM form's for cosine and L1).
+        acc: the GEMM form's accumulation when it is not dy's (L2: (M, C + 1)), else ``None``.
+
+    """
+
+    dy: Tensor
+    acc: Tensor | None = None
+
+
 class StripDistance:
     """Per-image operands of one feature distance, evaluated and differentiated strip by strip.
 
@@ -344,8 +398,12 @@ class StripDistance:
         u.view(-1)[flat] = exact.neg_()
         return sensitive, NearField(rows=local, cols=cols)
 
+    def y_gradient(self, dy: Tensor | None = None) -> YGradient:
+        """An accumulator for the gradient on y, starting from ``dy`` (M, C) (used in place) or from zeros."""
+        return YGradient(torch.zeros_like(self.y) if dy is None else dy)
+
     def backward(
-        self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor, near: NearField | None = None
+        self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: YGradient, near: NearField | None = None
     ) -> None:
         """Accumulate the gradient of a strip into the ``dx`` rows and into ``dy``.
 
@@ -362,15 +420,24 @@ class StripDistance:
         self._gemm_backward(rows, grad, scale, dx, dy)
         if near is not None and weight is not None:
             nearfield.direct_backward(
-                self.x, self.y, rows[near.rows], near.cols, weight, self.direct_factor, dx, dy, grad.numel()
+                self.x, self.y, rows[near.rows], near.cols, weight, self.direct_factor, dx, dy.dy, grad.numel()
             )
 
-    def _gemm_backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
+    def _gemm_backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: YGradient) -> None:
         """:meth:`backward` of the entries in the distance's own (GEMM) form."""
         raise NotImplementedError
 
-    def finish(self, dy: Tensor) -> None:
-        """Complete ``dy`` after the last strip (for distances that accumulate in another form)."""
+    def finish(self, lanes: list[YGradient]) -> None:
+        """Complete ``lanes[0].dy`` after the last strip: add the other lanes in order, then convert the GEMM form."""
+        first = lanes[0]
+        for lane in lanes[1:]:
+            first.dy.add_(lane.dy)
+            if first.acc is not None and lane.acc is not None:
+                first.acc.add_(lane.acc)
+        self._finish(first)
+
+    def _finish(self, lane: YGradient) -> None:
+        """Add ``lane.acc`` into ``lane.dy``, for distances that accumulate in another form."""
 
 
 class _CosineDistance(StripDistance):
@@ -396,11 +463,11 @@ class _CosineDistance(StripDistance):
         half = nearfield.direct_l2(self.x, self.y, rows, cols, max_elements).mul_(0.5)
         return half.add_(self._half_zero_x[rows]).add_(self._half_zero_y[cols])
 
-    def _gemm_backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
+    def _gemm_backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: YGradient) -> None:
         # d = 1 - <x, y>: dd/dx = -y, dd/dy = -x.
         xs = self.x[rows]
         dx[rows] = (grad @ self.y).mul_(-scale.unsqueeze(1))
-        dy.addmm_(grad.mT, xs * scale.unsqueeze(1), alpha=-1.0)
+        dy.dy.addmm_(grad.mT, xs * scale.unsqueeze(1), alpha=-1.0)
 
 
 class _SquaredL2Distance(StripDistance):
@@ -420,7 +487,6 @@ class _SquaredL2Distance(StripDistance):
         self._y1 = torch.cat((yc, y.new_ones(y.shape[0], 1)), dim=1)
         unit = nearfield.gemm_unit_roundoff(x)
         self.bound = nearfield.rounding_bound(norm_x.squeeze(1), norm_y.amax(), x.shape[1], unit)
-        self._acc: Tensor | None = None
 
     def affinity(self, rows: Tensor | slice, out: Tensor) -> Tensor:
         return torch.matmul(self._x1[rows], self._y_aug.mT, out=out)
@@ -428,21 +494,27 @@ class _SquaredL2Distance(StripDistance):
     def direct(self, rows: Tensor, cols: Tensor, max_elements: int) -> Tensor:
         return nearfield.direct_l2(self.x, self.y, rows, cols, max_elements)  # raw vectors: no centring rounding
 
-    def _gemm_backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
+    def y_gradient(self, dy: Tensor | None = None) -> YGradient:
+        # columns :C accumulate D^T x', column C the column sums of D
+        lane = super().y_gradient(dy)
+        lane.acc = self.y.new_zeros(self.y.shape[0], self.y.shape[1] + 1)
+        return lane
+
+    def _gemm_backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: YGradient) -> None:
         # dx_i = 2 (rowsum_i(D) x'_i - (D y')_i), dy_j = 2 (colsum_j(D) y'_j - (D^T x')_j), D = scale * grad;
         # the ones column of y1 / of the scaled x1 gives the row / column sums inside the GEMMs.
         c = self.x.shape[1]
         x1 = self._x1[rows, : c + 1]
         py = grad @ self._y1
         dx[rows] = (x1[:, :c] * py[:, c:] - py[:, :c]).mul_(2.0 * scale.unsqueeze(1))
-        if self._acc is None:  # columns :C accumulate D^T x', column C the column sums of D
-            self._acc = self.y.new_zeros(self.y.shape[0], c + 1)
-        self._acc.addmm_(grad.mT, x1 * scale.unsqueeze(1))
+        if dy.acc is None:
+            raise ValueError("the L2 distance accumulates dy in its own form: make dy with y_gradient()")
+        dy.acc.addmm_(grad.mT, x1 * scale.unsqueeze(1))
 
-    def finish(self, dy: Tensor) -> None:
-        if self._acc is not None:
+    def _finish(self, lane: YGradient) -> None:
+        if lane.acc is not None:
             c = self.y.shape[1]
-            dy.addcmul_(self._acc[:, c:], self._y1[:, :c], value=2.0).sub_(self._acc[:, :c], alpha=2.0)
+            lane.dy.addcmul_(lane.acc[:, c:], self._y1[:, :c], value=2.0).sub_(lane.acc[:, :c], alpha=2.0)
 
 
 class _L1Distance(StripDistance):
@@ -456,14 +528,14 @@ class _L1Distance(StripDistance):
     def affinity(self, rows: Tensor | slice, out: Tensor) -> Tensor:
         return torch.cdist(self.x[rows], self.y, p=1.0).neg_()
 
-    def _gemm_backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: Tensor) -> None:
+    def _gemm_backward(self, rows: Tensor, grad: Tensor, scale: Tensor, dx: Tensor, dy: YGradient) -> None:
         # cdist's derivative formula, called directly: the engine runs inside a custom operator,
         # below autograd, where autograd.grad of a recomputed cdist would record nothing.
         xs = self.x[rows].contiguous()
         d = torch.cdist(xs, self.y, p=1.0)
         g = grad.mul_(scale.unsqueeze(1))
         dx[rows] = torch.ops.aten._cdist_backward(g, xs, self.y, 1.0, d)
-        dy.add_(torch.ops.aten._cdist_backward(g.mT.contiguous(), self.y, xs, 1.0, d.mT.contiguous()))
+        dy.dy.add_(torch.ops.aten._cdist_backward(g.mT.contiguous(), self.y, xs, 1.0, d.mT.contiguous()))
 
 
 _DISTANCES: dict[str, type[StripDistance]] = {

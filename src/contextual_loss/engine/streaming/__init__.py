@@ -24,6 +24,10 @@ distance inside each strip. The released form mixes two log-softmaxes per entry,
 c = logaddexp(log(1 - w) + a, log w + b), takes the column maximum on c, and routes the
 gradient through the feature share rho = (1 - w) e^{a - c} at the argmax entries.
 
+On the CPU the strips of a pass are shared among worker threads, each single-threaded
+(:mod:`~contextual_loss.engine.streaming._pool`): a core taken by another process then slows
+one worker, not every parallel region; the results do not depend on the scheduling.
+
 The passes run as the custom operators ``contextual_loss::streaming_forward`` and
 ``contextual_loss::streaming_backward`` (:mod:`~contextual_loss.engine.streaming._ops`), so
 ``torch.compile``, ``torch.export`` and meta tensors see one operator, not the strips.
@@ -40,6 +44,7 @@ from contextual_loss._deprecation import warn_renamed
 from contextual_loss.engine import kernels as _kernels
 from contextual_loss.engine._tracing import constant_under_compile
 from contextual_loss.engine.streaming._ops import DoubleBackwardError, streaming_forward
+from contextual_loss.engine.streaming._pool import threads_for
 from contextual_loss.engine.streaming._problem import NO_SPATIAL, budget, compute_dtype, problem_plan
 from contextual_loss.engine.strips import DEFAULT_MEMORY_BUDGET, StripPlan
 from contextual_loss.engine.types import ContextualMatch, EngineResult, SpatialTerm
@@ -67,8 +72,9 @@ def streaming_plan(
     spatial: SpatialTerm | None = None,
     dtype: torch.dtype = torch.float32,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    device: torch.device | str = "cpu",
 ) -> StripPlan:
-    """The strips the streaming engine uses for an N x M problem (rows per strip, workspace bytes).
+    """The strips the streaming engine uses for an N x M problem (rows per strip, workers, workspace bytes).
 
     Args:
         n: prediction vectors N.
@@ -76,10 +82,14 @@ def streaming_plan(
         loss_type: the distance (L1 needs one more strip buffer).
         spatial: CoBi's spatial term, if any (one more strip buffer).
         dtype: dtype of the inputs (float16/bfloat16 are computed in float32).
-        memory_budget: bytes of strip workspace.
+        memory_budget: bytes of strip workspace (shared by the worker threads).
+        device: the inputs' device: on the CPU, up to ``torch.get_num_threads()`` worker threads
+            share the strips (with the strip kernels this thread would use).
 
     """
-    return problem_plan(n, m, loss_type, _active_spatial(spatial) is not None, dtype, memory_budget)
+    device = torch.device(device)
+    threads = threads_for(device, _kernels.resolve(device, compute_dtype(dtype)))
+    return problem_plan(n, m, loss_type, _active_spatial(spatial) is not None, dtype, memory_budget, threads)
 
 
 @constant_under_compile

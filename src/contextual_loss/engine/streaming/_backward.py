@@ -22,6 +22,10 @@ Rows the forward pass found sensitive (their near field evaluated directly, see
 :mod:`contextual_loss.engine.nearfield`) are refined again in the recomputed strips, from their
 stored exact minima, so both passes see the same values whatever the strip shapes; the gradient on
 those entries is taken in the direct form (:meth:`~contextual_loss.engine.strips.StripDistance.backward`).
+
+On the CPU the recomputed strips are shared among worker threads; strip k adds its share of dy
+into accumulator k mod L (L = workers + 1), in order within each accumulator, so dy does not
+depend on which worker ran which strip (:mod:`~contextual_loss.engine.streaming._pool`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from torch import Tensor
 
 from contextual_loss.engine import kernels as _kernels
 from contextual_loss.engine.kernels import RowStats, StripKernels
+from contextual_loss.engine.streaming import _pool
 from contextual_loss.engine.streaming._forward import select_rows, strip_affinity
 from contextual_loss.engine.streaming._problem import Positions, Problem, image_positions, log_complement
 from contextual_loss.engine.strips import StripPlan, make_strip_distance
@@ -47,8 +52,8 @@ def backward(
     problem: Problem,
 ) -> tuple[Tensor, Tensor]:
     """Gradients (dx, dy) of sum_j grad_best_j A_j, from the forward's (best, index, rows, sensitive, feature_best)."""
-    best, index, rows, sensitive, feature_best = saved
-    (b, n, _), m = x.shape, y.shape[1]
+    rows = saved[2]
+    n, m = x.shape[1], y.shape[1]
     if rows.umax.shape[-1] != n:
         raise RuntimeError(
             "the streaming engine's forward pass kept no row statistics (it ran without gradients, e.g. "
@@ -56,8 +61,25 @@ def backward(
             "again with gradients enabled"
         )
     kernels = _kernels.select(x.device, x.dtype, problem.kernels)
-    plan = problem.plan(n, m, x.dtype)
-    layout = x, y  # the gradients are returned in the inputs' memory layout
+    plan = problem.plan(n, m, x.dtype, _pool.threads_for(x.device, kernels.name))
+    # With workers, the whole pass runs single-threaded in a worker thread (see _pool.call).
+    dx, dy = _pool.call(plan.workers, _backward_batch, grad_best, x, y, pos, saved, problem, kernels, plan)
+    return _like(dx, x), _like(dy, y)  # the gradients are returned in the inputs' memory layout
+
+
+def _backward_batch(
+    grad_best: Tensor,
+    x: Tensor,
+    y: Tensor,
+    pos: tuple[Tensor | None, Tensor | None],
+    saved: tuple[Tensor, Tensor, RowStats, Tensor, Tensor],
+    problem: Problem,
+    kernels: StripKernels,
+    plan: StripPlan,
+) -> tuple[Tensor, Tensor]:
+    """:func:`backward` once its strip kernels and strips are chosen: (dx, dy), contiguous."""
+    best, index, rows, sensitive, feature_best = saved
+    b = x.shape[0]
     x, y = x.contiguous(), y.contiguous()  # rows are gathered and scattered strip by strip
     dx, dy = torch.zeros_like(x), torch.zeros_like(y)
     for image in range(b):
@@ -70,7 +92,7 @@ def backward(
             x[image], y[image], image_pos, g, a_star, index[image], select_rows(rows, image), sensitive[image],
             problem, kernels, plan, dx[image], dy[image],
         )  # fmt: skip
-    return _like(dx, layout[0]), _like(dy, layout[1])
+    return dx, dy
 
 
 def _like(grad: Tensor, t: Tensor) -> Tensor:
@@ -113,19 +135,28 @@ def _backward_image(
     position = torch.full((n,), -1, dtype=torch.long, device=x.device)
     position[need] = torch.arange(count, device=x.device)
     entry_row = position[owners]  # row of each entry among ``need``: non-decreasing
-    starts = torch.arange(0, count, plan.rows, device=x.device)[1:]
+    rows_per_strip = plan.strip_rows(count)
+    starts = torch.arange(0, count, rows_per_strip, device=x.device)[1:]
     bounds = [0, *torch.searchsorted(entry_row, starts).tolist(), entry_row.numel()]
     dist = make_strip_distance(x, y, problem.loss_type)  # type: ignore[arg-type]
-    buffer = x.new_empty(plan.rows, y.shape[0])
-    for k, q0 in enumerate(range(0, count, plan.rows)):
-        strip = need[q0 : q0 + plan.rows]
-        size, lo, hi = strip.numel(), bounds[k], bounds[k + 1]
-        u, extra = strip_affinity(dist, strip, buffer[:size], problem, pos)
-        row_min = rows.umax[strip].neg().clamp_min_(0.0)  # exact where the forward pass refined the row
-        _, near = dist.refine(strip, u, extra, problem.band_width, problem.eps, sensitive[strip], row_min)
+    strips = len(bounds) - 1
+    workers = min(plan.workers, strips)
+    lanes = [dist.y_gradient(dy if lane == 0 else None) for lane in range(_pool.lanes_for(workers))]
+    buffers = [x.new_empty(rows_per_strip, y.shape[0]) for _ in range(workers)]
+
+    def strip(w: int, k: int) -> None:
+        q0 = k * rows_per_strip
+        part = need[q0 : q0 + rows_per_strip]
+        size, lo, hi = part.numel(), bounds[k], bounds[k + 1]
+        u, extra = strip_affinity(dist, part, buffers[w][:size], problem, pos)
+        row_min = rows.umax[part].neg().clamp_min_(0.0)  # exact where the forward pass refined the row
+        _, near = dist.refine(part, u, extra, problem.band_width, problem.eps, sensitive[part], row_min)
         kernels.backward(
-            u, select_rows(rows, strip), gamma_base=gamma_base[q0 : q0 + size], band_width=problem.band_width,
+            u, select_rows(rows, part), gamma_base=gamma_base[q0 : q0 + size], band_width=problem.band_width,
             argmax_rows=entry_row[lo:hi] - q0, argmax_cols=order[lo:hi], argmax_values=values[lo:hi],
         )  # fmt: skip
-        dist.backward(strip, u, scale_c[q0 : q0 + size], dx, dy, near)
-    dist.finish(dy)
+        dist.backward(part, u, scale_c[q0 : q0 + size], dx, lanes[k % len(lanes)], near)
+
+    # Strip k adds into lane k mod lanes, in order within a lane: dy does not depend on the scheduling.
+    _pool.run(strips, workers, strip, lanes=len(lanes))
+    dist.finish(lanes)

@@ -21,6 +21,7 @@ __all__ = [
     "ProgressCallback",
     "budget",
     "compute_dtype",
+    "current_progress",
     "image_positions",
     "log_complement",
     "no_autocast",
@@ -73,15 +74,21 @@ class Problem:
         """CoBi's released form: the two log-softmaxes are mixed entry by entry."""
         return self.spatial_form == "released"
 
-    def plan(self, n: int, m: int, dtype: torch.dtype) -> StripPlan:
-        """The strips of an N x M problem in compute ``dtype``."""
-        return problem_plan(n, m, self.loss_type, self.spatial_form != NO_SPATIAL, dtype, self.memory_budget)
+    def plan(self, n: int, m: int, dtype: torch.dtype, threads: int = 1) -> StripPlan:
+        """The strips of an N x M problem in compute ``dtype``, shared by up to ``threads`` workers."""
+        spatial = self.spatial_form != NO_SPATIAL
+        return problem_plan(n, m, self.loss_type, spatial, dtype, self.memory_budget, threads)
 
 
-def problem_plan(n: int, m: int, loss_type: str, spatial: bool, dtype: torch.dtype, memory_budget: int) -> StripPlan:
-    """Strips for an N x M problem: 2 strip buffers, one more for L1 (cdist's) and one more for a spatial term."""
+def problem_plan(
+    n: int, m: int, loss_type: str, spatial: bool, dtype: torch.dtype, memory_budget: int, threads: int = 1
+) -> StripPlan:
+    """Strips for an N x M problem: 2 strip buffers, one more for L1 (cdist's) and one more for a spatial term.
+
+    ``threads`` worker threads may share the strips (:func:`~contextual_loss.engine.strips.plan_strips`).
+    """
     tiles = 2 + (loss_type == "l1") + spatial
-    return plan_strips(n, m, dtype=compute_dtype(dtype), memory_budget=memory_budget, tiles=tiles)
+    return plan_strips(n, m, dtype=compute_dtype(dtype), memory_budget=memory_budget, tiles=tiles, workers=threads)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -143,6 +150,11 @@ def reporting(progress: ProgressCallback | None) -> Iterator[None]:
         yield
     finally:
         _progress.reset(token)
+
+
+def current_progress() -> ProgressCallback | None:
+    """The progress callback of this context (set by :func:`reporting`), or ``None``."""
+    return _progress.get()
 
 
 def report(done: int, total: int) -> None:
