@@ -4,6 +4,7 @@ depend on which worker ran which strip."""
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import threading
 import time
@@ -178,6 +179,29 @@ def test_concurrent_evaluations_share_the_pool_without_deadlock(small_strips_sha
     assert not errors and not any(caller.is_alive() for caller in callers)
     for value in got:
         torch.testing.assert_close(value, want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_runs_strips_after_its_parent_did():
+    _pool.run(4, 2, lambda worker, k: None)  # the parent's pool exists
+    pid = os.fork()
+    if pid == 0:  # the child: its parent's threads are gone
+        code = 1
+        try:
+            seen = []
+            _pool.run(6, 2, lambda worker, k: seen.append(k))
+            code = 0 if sorted(seen) == list(range(6)) else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    pytest.fail("the forked child hung running strips")
 
 
 # --------------------------------------------------------------------------------------------- plans

@@ -141,6 +141,17 @@ _pools_lock = threading.Lock()
 _local = threading.local()  # in pool threads: .pool, and .cancelled (an Event) while running a call
 
 
+def _after_fork_in_child() -> None:
+    """A forked child has none of the pool threads, and the lock may have been held by one of them."""
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _pool(size: int) -> _Pool:
     """The process's pool of ``size`` threads (a forked child makes its own: threads do not survive fork)."""
     with _pools_lock:
