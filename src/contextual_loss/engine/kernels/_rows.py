@@ -10,8 +10,6 @@ matter). The maths is in :mod:`contextual_loss.engine.kernels.base`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
@@ -68,70 +66,58 @@ class WholeStripForward:
         defer: Deferral | None = None,
         only: Tensor | None = None,
     ) -> int:
-        """See :meth:`StripKernels.forward <contextual_loss.engine.kernels.base.StripKernels.forward>`."""
-        return _forward_rows(self._whole, u, base, rows, clamp, band_width, eps, columns, row0, write_a, defer, only)
+        """See :meth:`StripKernels.forward <contextual_loss.engine.kernels.base.StripKernels.forward>`.
 
+        With ``defer`` or ``only``, :meth:`_whole` runs on the rows concerned, gathered into a strip of their own.
+        """
 
-def _forward_rows(
-    whole: Callable[..., None],
-    u: Tensor,
-    base: Tensor,
-    rows: RowStats,
-    clamp: bool,
-    band_width: float,
-    eps: float,
-    columns: ColumnMax | None,
-    row0: int,
-    write_a: bool,
-    defer: Deferral | None,
-    only: Tensor | None,
-) -> int:
-    """``StripKernels.forward`` with ``defer`` or ``only`` on top of ``whole``; returns the rows deferred."""
+        def run(
+            strip: Tensor, beta: Tensor, stats: RowStats, columns: ColumnMax | None, row0: int, write_a: bool
+        ) -> None:
+            self._whole(
+                strip, beta, stats, clamp=clamp, band_width=band_width, eps=eps, columns=columns, row0=row0,
+                write_a=write_a,
+            )  # fmt: skip
 
-    def run(strip: Tensor, beta: Tensor, stats: RowStats, columns: ColumnMax | None, row0: int, write_a: bool) -> None:
-        whole(
-            strip, beta, stats, clamp=clamp, band_width=band_width, eps=eps, columns=columns, row0=row0, write_a=write_a
-        )
-
-    if defer is not None and only is not None:
-        raise ValueError("give at most one of defer and only")
-    count = 0
-    if defer is not None:
-        maxima = block_max(u)
-        row_max = maxima.amax(dim=1)
-        torch.gt(row_max, defer.floor, out=defer.deferred)
-        count = int(defer.deferred.sum())
-        if count == 0:
+        if defer is not None and only is not None:
+            raise ValueError("give at most one of defer and only")
+        count = 0
+        if defer is not None:
+            maxima = block_max(u)
+            row_max = maxima.amax(dim=1)
+            torch.gt(row_max, defer.floor, out=defer.deferred)
+            count = int(defer.deferred.sum())
+            if count == 0:
+                run(u, base, rows, columns, row0, write_a)
+                return 0
+            defer.block_max.copy_(maxima)
+            rows.umax.copy_(row_max)  # the deferred rows' maxima; the others are written again below
+            only = ~defer.deferred
+        if only is None:
             run(u, base, rows, columns, row0, write_a)
             return 0
-        defer.block_max.copy_(maxima)
-        rows.umax.copy_(row_max)  # the deferred rows' maxima; the others are written again below
-        only = ~defer.deferred
-    if only is None:
-        run(u, base, rows, columns, row0, write_a)
-        return 0
-    index = only.nonzero().squeeze(1)
-    if index.numel() == 0:
+        index = only.nonzero().squeeze(1)
+        if index.numel() == 0:
+            return count
+        sub = u.index_select(0, index)
+        size = index.numel()
+        stats = RowStats(
+            umax=sub.new_empty(size),
+            argmin=torch.empty(size, dtype=torch.long, device=u.device),
+            scale=sub.new_empty(size),
+            log_norm=sub.new_empty(size),
+            clamped=None if rows.clamped is None else torch.empty(size, dtype=torch.bool, device=u.device),
+        )
+        run(sub, base.index_select(0, index), stats, None, 0, True)
+        for mine, theirs in zip(
+            (stats.umax, stats.argmin, stats.scale, stats.log_norm, stats.clamped),
+            (rows.umax, rows.argmin, rows.scale, rows.log_norm, rows.clamped),
+            strict=True,
+        ):
+            if mine is not None and theirs is not None:
+                theirs.index_copy_(0, index, mine)
+        if write_a:
+            u.index_copy_(0, index, sub)
+        elif columns is not None:
+            merge_columns(columns, sub, index + row0)
         return count
-    sub = u.index_select(0, index)
-    size = index.numel()
-    stats = RowStats(
-        umax=sub.new_empty(size),
-        argmin=torch.empty(size, dtype=torch.long, device=u.device),
-        scale=sub.new_empty(size),
-        log_norm=sub.new_empty(size),
-        clamped=None if rows.clamped is None else torch.empty(size, dtype=torch.bool, device=u.device),
-    )
-    run(sub, base.index_select(0, index), stats, None, 0, True)
-    for mine, theirs in zip(
-        (stats.umax, stats.argmin, stats.scale, stats.log_norm, stats.clamped),
-        (rows.umax, rows.argmin, rows.scale, rows.log_norm, rows.clamped),
-        strict=True,
-    ):
-        if mine is not None and theirs is not None:
-            theirs.index_copy_(0, index, mine)
-    if write_a:
-        u.index_copy_(0, index, sub)
-    elif columns is not None:
-        merge_columns(columns, sub, index + row0)
-    return count
