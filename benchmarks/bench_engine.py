@@ -1,18 +1,19 @@
 """Benchmark the streaming engine against the dense reference: time, memory, matmul rate, load, compile.
 
-Every run is a fresh subprocess on the benchmark's seeded random inputs (batch 1, float32,
-N = M = S * S feature vectors of C channels, cosine distance unless said otherwise). A run imports
-the library, makes a small warm-up call, measures the float32 matmul rate (a 2048^3 product),
-times one forward pass and one forward + backward through ``contextual_loss``, measures the
-matmul rate again, and reports its peak resident memory above its memory after the warm-up.
+Every run is a fresh subprocess on the benchmark's seeded random inputs (batch 1 unless
+``--batch``, float32, N = M = S * S feature vectors of C channels per image, cosine distance
+unless said otherwise). A run imports the library, makes a small warm-up call, measures the
+float32 matmul rate (a 2048^3 product), times one forward pass and one forward + backward through
+``contextual_loss``, measures the matmul rate again, and reports its peak resident memory above
+its memory after the warm-up.
 Runs whose matmul rate drifts by more than 10% between before and after are repeated (up to
 ``--retries`` times). The engines' runs are interleaved (the order rotates every repeat) so that
 all see the same machine; tables give the median over ``--repeats`` runs with [min, max].
 
 Columns: the speed-up of streaming over dense (fwd+bwd), the peak memory above the warm-up, and
-the streaming engine's share of the run's matmul rate counting 6 N M C flops for forward +
+the streaming engine's share of the run's matmul rate counting 6 B N M C flops for forward +
 backward (the GEMM work of plain autograd). The L1 distance has no GEMM: its table gives distance
-entries per second, N M / time.
+entries per second, B N M / time.
 
 Modes:
 
@@ -31,6 +32,7 @@ Usage::
     python benchmarks/bench_engine.py                                    # the full table (takes a while)
     python benchmarks/bench_engine.py --sizes 128 --channels 64,256 --extra "" --l1 ""
     python benchmarks/bench_engine.py --sizes 64,128 --channels 256 --load both
+    python benchmarks/bench_engine.py --batch 8 --sizes 32 --channels 512 --extra "" --l1 ""   # a training batch
     python benchmarks/bench_engine.py --compile --compile-size 32
     python benchmarks/bench_engine.py --sizes 16 --channels 32 --repeats 1 --extra "" --l1 16:32   # smoke
 
@@ -96,8 +98,8 @@ def _worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1, args.channels, args.size, args.size, generator=gen)
-    y = torch.randn(1, args.channels, args.size, args.size, generator=gen)
+    x = torch.randn(args.batch, args.channels, args.size, args.size, generator=gen)
+    y = torch.randn(args.batch, args.channels, args.size, args.size, generator=gen)
     kwargs = {"band_width": 0.5, "loss_type": args.distance, "engine": args.engine, "memory_budget": args.memory_budget}
     small = torch.randn(1, args.channels, 8, 8, generator=gen, requires_grad=True)
     contextual_loss(small, small.detach(), **kwargs).backward()  # warm-up: threads, BLAS, kernels
@@ -228,7 +230,7 @@ def _available_memory() -> float:
 
 def _dense_fits(args: argparse.Namespace, size: int) -> str | None:
     """``None`` if the dense engine's estimated memory fits, else why the point is skipped."""
-    need = DENSE_BYTES_PER_ENTRY * float(size) ** 4
+    need = DENSE_BYTES_PER_ENTRY * args.batch * float(size) ** 4
     limit = min(args.max_dense_gib * GIB, 0.8 * _available_memory())
     return None if need <= limit else f"skipped (needs ~{need / GIB:.0f} GiB)"
 
@@ -267,6 +269,7 @@ def _point(args: argparse.Namespace, size: int, channels: int, engines: list[str
         for busy in loads:
             failed["dense", busy] = why
     base = ["--worker", "--size", str(size), "--channels", str(channels), "--threads", str(args.threads)]
+    base += ["--batch", str(args.batch)]
     base += ["--distance", distance] + (["--memory-budget", str(args.memory_budget)] if args.memory_budget else [])
     for repeat in range(args.repeats):
         for engine, busy in slots[repeat % len(slots) :] + slots[: repeat % len(slots)]:
@@ -279,7 +282,8 @@ def _point(args: argparse.Namespace, size: int, channels: int, engines: list[str
                 failed[engine, busy] = outcome
             else:
                 runs[engine, busy].append(outcome)
-    return {"size": size, "channels": channels, "distance": distance, "runs": runs, "failed": failed}
+    point = {"size": size, "channels": channels, "batch": args.batch, "distance": distance}
+    return {**point, "runs": runs, "failed": failed}
 
 
 def _summary(values: list[float]) -> tuple[float, float, float]:
@@ -340,7 +344,7 @@ def _gemm_table(points: list[dict], engines: list[str], loads: list[bool]) -> st
                 peak = _median(point, engine, busy, "peak_above")
                 cells.append("-" if peak is None else f"{peak / GIB:.2f}")
             rate_text, rate = _rate_cell(point, busy)
-            flops = 6.0 * n * n * point["channels"]
+            flops = 6.0 * point["batch"] * n * n * point["channels"]
             cells.append(f"{100 * flops / s / 1e9 / rate:.0f}%" if s and rate else "-")
             cells.append(rate_text)
             for engine in extra:
@@ -364,7 +368,8 @@ def _l1_table(points: list[dict], loads: list[bool]) -> str:
                 peak = _median(point, engine, busy, "peak_above")
                 cells = [str(point["size"]), str(point["channels"]), str(n), "busy loop" if busy else "quiet", engine]
                 cells += [_cell(point, engine, busy, "forward"), _cell(point, engine, busy, "forward_backward")]
-                cells += [f"{n * n / f:.3g}" if f else "-", f"{n * n / fb:.3g}" if fb else "-"]
+                entries = point["batch"] * n * n
+                cells += [f"{entries / f:.3g}" if f else "-", f"{entries / fb:.3g}" if fb else "-"]
                 cells.append("-" if peak is None else f"{peak / GIB:.2f}")
                 lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -435,6 +440,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="32,64,96,128,192,256", help="comma-separated S (N = M = S*S)")
     parser.add_argument("--channels", default="64,256", help="comma-separated C")
+    parser.add_argument("--batch", type=int, default=1, help="images B per call (not the compile comparison)")
     parser.add_argument("--extra", default="384:64", help="extra S:C cosine points, streaming only")
     parser.add_argument("--l1", default="64:64,96:64", help="S:C points with the L1 distance (entries/s)")
     parser.add_argument("--engines", default="streaming,dense", help="streaming, dense, eager, base (--compare-src)")
@@ -469,8 +475,8 @@ def _header(args: argparse.Namespace, points: list[dict]) -> list[str]:
 
     kernels = sorted({r["kernels"] for p in points for runs in p["runs"].values() for r in runs})
     return [
-        f"Batch 1, float32, {args.threads} threads (OMP_WAIT_POLICY={args.omp_wait_policy}), median [min, max] of "
-        f"{args.repeats} runs (fresh processes, engines interleaved); torch {torch.__version__}, "
+        f"Batch {args.batch}, float32, {args.threads} threads (OMP_WAIT_POLICY={args.omp_wait_policy}), "
+        f"median [min, max] of {args.repeats} runs (fresh processes, engines interleaved); torch {torch.__version__}, "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; load average (1 min) "
         f"{os.getloadavg()[0]:.1f} at the end.",
         f"Strip kernels: {'; '.join(kernels) or '-'}.",
@@ -502,7 +508,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"l1 S={size} C={channels} done", file=sys.stderr, flush=True)
         parts = [*_header(args, points + l1_points), "", _gemm_table(points, engines, loads)]
         if l1_points:
-            parts += ["", "L1 distance (no GEMM): distance entries N M per second.", "", _l1_table(l1_points, loads)]
+            parts += ["", "L1 distance (no GEMM): distance entries B N M per second.", "", _l1_table(l1_points, loads)]
         if args.load == "both":
             parts += ["", "Under one competing busy loop (fwd+bwd medians):", "", _load_summary(points)]
         report = "\n".join(parts)
