@@ -151,6 +151,61 @@ def test_mixed_dtypes_and_non_contiguous_sets_are_the_composite_bit_for_bit():
             assert_same_bits(g, w)
 
 
+def _channels_first(t: Tensor) -> Tensor:
+    """The same set as the view a flattened (B, C, H, W) feature map gives: (B, P, C) with strides (P C, 1, P)."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+@pytest.mark.parametrize("center", CENTERS)
+def test_channels_first_views_are_read_in_place_with_the_same_bits_and_gradients(center, chunk_bytes):
+    x, y = _special_rows(*_sets(14, 3, 20, 14, 9, torch.float32))
+    xv, yv = _channels_first(x), _channels_first(y)
+    assert maths._operator_applies(xv, yv)  # the operator takes the views: no contiguous copy first
+    assert not maths._operator_applies(xv[:, ::2], yv)  # other strided layouts go to the composite
+    got = maths.prepare_cosine(xv, yv, center == "batch")
+    want = maths.prepare_cosine(x, y, center == "batch")
+    for g, w in zip(got, want, strict=True):
+        assert_same_bits(g, w)
+        assert g.is_contiguous()
+    g = torch.Generator().manual_seed(15)
+    weights = torch.randn(x.shape, generator=g), torch.randn(y.shape, generator=g)
+    grads = []
+    for a, b in ((xv, yv), (x, y)):
+        a, b = a.detach().requires_grad_(True), b.detach().requires_grad_(True)
+        px, py = maths.prepare_features(a, b, "cosine", center)
+        ((px * weights[0]).sum() + (py * weights[1]).sum()).backward()
+        grads.append((a.grad, b.grad))
+    for g_view, g_contiguous, t in zip(grads[0], grads[1], (xv, yv), strict=True):
+        assert_same_bits(g_view, g_contiguous)
+        assert g_view.stride() == t.stride()  # in the input's layout: the map's gradient needs no copy
+
+
+@pytest.mark.parametrize("engine", ["streaming", "dense"])
+def test_the_loss_copies_no_feature_map_for_cosine(engine):
+    """Neither the sets nor the map's gradient is copied whole: the preparation reads and writes the maps' layout."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from contextual_loss.functional import contextual_loss
+
+    b, c, h, w = 2, 8, 6, 5
+    copies = []
+
+    class Copies(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            whole = isinstance(out, Tensor) and out.dtype == torch.float32 and out.numel() == b * c * h * w
+            if whole and func in (torch.ops.aten.clone.default, torch.ops.aten.copy_.default):
+                copies.append(str(func))
+            return out
+
+    x = torch.randn(b, c, h, w, requires_grad=True)
+    y = torch.randn(b, c, h, w)
+    with Copies():
+        contextual_loss(x, y, engine=engine).backward()
+    assert copies == []
+    assert x.grad is not None and x.grad.is_contiguous()
+
+
 def test_empty_sets_behave_as_before():
     x, y = torch.randn(1, 0, 3), torch.randn(1, 4, 3)
     for xs, ys in ((x, y), (y, x)):
@@ -248,6 +303,8 @@ def test_gradcheck_and_gradgradcheck(center):
 def test_the_operator_is_registered_properly(center):
     x, y = _sets(12, 2, 6, 5, 4, torch.float64)
     torch.library.opcheck(maths.prepare_cosine, (x.requires_grad_(True), y.requires_grad_(True), center == "batch"))
+    views = (_channels_first(x.detach()).requires_grad_(True), _channels_first(y.detach()).requires_grad_(True))
+    torch.library.opcheck(maths.prepare_cosine, (*views, center == "batch"))  # the fake's strides too
 
 
 def test_meta_tensors_give_meta_tensors():

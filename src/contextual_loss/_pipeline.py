@@ -63,19 +63,20 @@ def compute_dtype(x: Tensor, y: Tensor) -> torch.dtype:
 def flatten(feature_map: Tensor) -> Tensor:
     """(B, C, H, W) -> (B, H*W, C), positions in row-major order: a strided view, no copy.
 
-    :func:`prepare` makes each vector contiguous only after sampling (:func:`contiguous_sets`),
-    so that a sampled set copies its ``max_points`` vectors, not the whole map: the transposing
-    copy of a (B, C, H, W) map is its slowest step (at 96 x 96 px 5 x 5 patches, 9216 positions
-    of which 512 are kept, it took longer than the engine's forward).
+    :func:`prepare` makes each vector contiguous only after sampling, so that a sampled set copies
+    its ``max_points`` vectors, not the whole map: the transposing copy of a (B, C, H, W) map is
+    its slowest step (at 96 x 96 px 5 x 5 patches, 9216 positions of which 512 are kept, it took
+    longer than the engine's forward). Unsampled cosine sets are never copied: the preparation
+    reads this view directly (:func:`contextual_loss.maths.prepare_features`).
     """
     return feature_map.flatten(2).transpose(1, 2)
 
 
 def contiguous_sets(*sets: Tensor) -> tuple[Tensor, ...]:
-    """Each (B, N, C) set with each vector contiguous.
+    """Each (B, N, C) set with each vector contiguous (no copy for a set that already is).
 
-    Every per-vector operation after it (norms, centring, the engines' row gathers and GEMMs)
-    then reads contiguous memory, which at C = 256 is several times faster than the strided view.
+    Every per-vector operation after it (the engines' row gathers and GEMMs) then reads
+    contiguous memory, which at C = 256 is several times faster than the strided view.
     """
     return tuple(s.contiguous() for s in sets)
 
@@ -153,8 +154,10 @@ def prepare(
             xs, pos_x = xs[:, idx_x], pos_x[idx_x]
         if idx_y is not None:
             ys, pos_y = ys[:, idx_y], pos_y[idx_y]
-        xs, ys = contiguous_sets(xs, ys)
+        # cosine: the preparation reads the channels-first views and writes contiguous sets, so
+        # the copies below cost nothing; l1 and l2 use the raw vectors, made contiguous here.
         xs, ys = maths.prepare_features(xs, ys, options.loss_type, options.center)
+        xs, ys = contiguous_sets(xs, ys)
     spatial = None if options.weight_sp is None else SpatialTerm(options.weight_sp, options.form, pos_x, pos_y)
     return PreparedSets(xs, ys, spatial, idx_x, idx_y)
 

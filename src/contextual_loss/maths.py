@@ -134,7 +134,7 @@ def prepare_features(x: Tensor, y: Tensor, loss_type: Distance, center: Center =
     # what underflows lies far below the zero-norm tolerance): cosine is scale-invariant at any scale.
     # The operator prepare_cosine computes exactly this, bit for bit, in row chunks that stay in
     # cache, with a hand-written backward; the composite below is the definition, and what runs
-    # where the operator does not apply (non-contiguous or empty sets).
+    # where the operator does not apply (other strided layouts, or empty sets).
     if _operator_applies(x, y):
         xn, yn, *_ = prepare_cosine(x, y, center != "image")
         return xn, yn if y.requires_grad else yn.detach()  # the prepared y depends on y only
@@ -177,7 +177,7 @@ _CHUNKED_CHANNELS = 8192
 
 
 def _operator_applies(x: Tensor, y: Tensor) -> bool:
-    """Whether :func:`prepare_cosine` takes (x, y): same-shaped batches of contiguous, non-empty float sets."""
+    """Whether :func:`prepare_cosine` takes (x, y): same-shaped batches of non-empty float sets in a set layout."""
     return (
         x.dim() == 3
         and y.dim() == 3
@@ -186,11 +186,20 @@ def _operator_applies(x: Tensor, y: Tensor) -> bool:
         and x.device == y.device
         and x.is_floating_point()
         and y.is_floating_point()
-        and x.is_contiguous()
-        and y.is_contiguous()
+        and _set_layout(x)
+        and _set_layout(y)
         and x.numel() > 0
         and y.numel() > 0
     )
+
+
+def _set_layout(t: Tensor) -> bool:
+    """Whether a set t (B, P, C) is contiguous, or the channels-first view ``m.flatten(2).transpose(1, 2)``.
+
+    :func:`prepare_cosine` reads either layout (the second is how a (B, C, H, W) feature map
+    flattens, with no copy) and writes contiguous sets.
+    """
+    return t.is_contiguous() or t.transpose(1, 2).is_contiguous()
 
 
 def _chunks(t: Tensor) -> Iterator[tuple[tuple[slice, slice], slice]]:
@@ -244,7 +253,7 @@ def _divide_by_norms(
     only once both sets were read) are set afterwards by :func:`_zero_short_vectors`. ``scaled``
     (t * scale, if given) is overwritten; without it, the norms of t * scale go into ``raw_norms`` (B, P).
     """
-    unit = torch.empty_like(t)
+    unit = torch.empty(t.shape, dtype=t.dtype, device=t.device)  # contiguous, whatever the layout of t
     norms = torch.empty((*t.shape[:2], 1), dtype=torch.float64, device=t.device)
     work = _workspace(t) if scaled is None else None
     for rows, image in _chunks(t):
@@ -283,12 +292,14 @@ def prepare_cosine(x: Tensor, y: Tensor, batch: bool) -> tuple[Tensor, Tensor, T
     :math:`t` of x and y, the prepared vector is :math:`n = v / \lVert v \rVert` (0 where
     :math:`\lVert v \rVert \le \tau`), computed in float64 and rounded once to the input's dtype,
     bit for bit as :func:`_prepare_cosine_composite`, in row chunks that stay in cache: x is read
-    once (twice for its largest magnitude), y twice. The backward pass is
-    :func:`_cosine_gradients`.
+    once (twice for its largest magnitude), y twice. The sets may be channels-first views of
+    feature maps (:func:`_set_layout`): each chunk is then transposed as it is read, so the caller
+    makes no contiguous copy, and the gradients come back in the inputs' layouts. The outputs are
+    contiguous. The backward pass is :func:`_cosine_gradients`.
 
     Args:
-        x: prediction set (B, N, C), contiguous, not empty.
-        y: target set (B, M, C), contiguous, not empty.
+        x: prediction set (B, N, C), contiguous or channels-first (:func:`_set_layout`), not empty.
+        y: target set (B, M, C), likewise.
         batch: centre on the mean over the batch instead of per image.
 
     Returns:
@@ -318,8 +329,8 @@ def _prepare_cosine_fake(x: Tensor, y: Tensor, batch: bool) -> tuple[Tensor, Ten
     (b, n, c), m = x.shape, y.shape[1]
     wide = torch.float64
     return (
-        torch.empty_like(x),
-        torch.empty_like(y),
+        x.new_empty(x.shape),  # contiguous, as the real implementation writes them
+        y.new_empty(y.shape),
         x.new_empty((b, 1, 1), dtype=wide),
         x.new_empty((1 if batch else b, 1, c), dtype=wide),
         x.new_empty((b, n, 1), dtype=wide),
