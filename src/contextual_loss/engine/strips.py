@@ -57,9 +57,12 @@ __all__ = [
 #: Default workspace of the streaming engine, in bytes (64 MiB): two float32 strips of 8M entries.
 DEFAULT_MEMORY_BUDGET = 64 * 2**20
 
-#: Strips of fewer entries than this are not shared among worker threads: a hand-over costs about
-#: 10 us, and PyTorch's own threads split a small strip well enough.
-MIN_SHARED_STRIP_ENTRIES = 1 << 16
+#: Strips of fewer entries than this are not shared among worker threads. With workers, each
+#: pass's per-image set-up (the distance's operands, the backward's bookkeeping) runs in one
+#: thread; on small maps that outweighs what sharing the strips gains. On 2 cores, quiet, one
+#: worker was 15-20% faster at N = M = 1024 (strips of 2^19 entries) and as fast beside a busy
+#: loop, while from N = M = 9216 the workers were 12-17% faster beside it (docs/engine.md).
+MIN_SHARED_STRIP_ENTRIES = 1 << 20
 
 #: The tallest strip used. Taller strips re-read Y less often (each strip's GEMM reads all of Y),
 #: but the GEMM output and the elementwise work on it fall out of cache (see docs/engine.md).
