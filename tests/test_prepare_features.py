@@ -180,6 +180,18 @@ def test_channels_first_views_are_read_in_place_with_the_same_bits_and_gradients
         assert g_view.stride() == t.stride()  # in the input's layout: the map's gradient needs no copy
 
 
+def test_other_layouts_are_copied_and_take_the_operator(monkeypatch):
+    x, y = _sets(16, 2, 9, 8, 5, torch.float32)
+    want = maths.prepare_features(x[:, ::2].contiguous(), y, "cosine")
+
+    def composite(*args):
+        raise AssertionError("the composite ran")
+
+    monkeypatch.setattr(maths, "_prepare_cosine_composite", composite)
+    for got, w in zip(maths.prepare_features(x[:, ::2], y, "cosine"), want, strict=True):
+        assert_same_bits(got, w)
+
+
 @pytest.mark.parametrize("engine", ["streaming", "dense"])
 def test_the_loss_copies_no_feature_map_for_cosine(engine):
     """Neither the sets nor the map's gradient is copied whole: the preparation reads and writes the maps' layout."""

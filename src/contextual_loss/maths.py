@@ -134,7 +134,9 @@ def prepare_features(x: Tensor, y: Tensor, loss_type: Distance, center: Center =
     # what underflows lies far below the zero-norm tolerance): cosine is scale-invariant at any scale.
     # The operator prepare_cosine computes exactly this, bit for bit, in row chunks that stay in
     # cache, with a hand-written backward; the composite below is the definition, and what runs
-    # where the operator does not apply (other strided layouts, or empty sets).
+    # where the operator does not apply (empty sets, for example). The operator reads contiguous
+    # sets and the channels-first views of flattened maps; other layouts are copied first.
+    x, y = (t if _set_layout(t) else t.contiguous() for t in (x, y))
     if _operator_applies(x, y):
         xn, yn, *_ = prepare_cosine(x, y, center != "image")
         return xn, yn if y.requires_grad else yn.detach()  # the prepared y depends on y only
