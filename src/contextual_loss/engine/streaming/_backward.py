@@ -33,10 +33,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from contextual_loss.engine import kernels as _kernels
 from contextual_loss.engine.kernels import RowStats, StripKernels
 from contextual_loss.engine.streaming import _pool
-from contextual_loss.engine.streaming._forward import select_rows, strip_affinity
+from contextual_loss.engine.streaming._forward import choose_strips, select_rows, strip_affinity
 from contextual_loss.engine.streaming._problem import Positions, Problem, image_positions, log_complement
 from contextual_loss.engine.strips import StripPlan, make_strip_distance
 
@@ -53,15 +52,13 @@ def backward(
 ) -> tuple[Tensor, Tensor]:
     """Gradients (dx, dy) of sum_j grad_best_j A_j, from the forward's (best, index, rows, sensitive, feature_best)."""
     rows = saved[2]
-    n, m = x.shape[1], y.shape[1]
-    if rows.umax.shape[-1] != n:
+    if rows.umax.shape[-1] != x.shape[1]:
         raise RuntimeError(
             "the streaming engine's forward pass kept no row statistics (it ran without gradients, e.g. "
             "traced with inputs that did not require grad), so it cannot be differentiated; evaluate it "
             "again with gradients enabled"
         )
-    kernels = _kernels.select(x.device, x.dtype, problem.kernels)
-    plan = problem.plan(n, m, x.dtype, _pool.threads_for(x.device, kernels.name))
+    kernels, plan = choose_strips(x, y, problem)
     # With workers, the whole pass runs single-threaded in a worker thread (see _pool.call).
     dx, dy = _pool.call(plan.workers, _backward_batch, grad_best, x, y, pos, saved, problem, kernels, plan)
     return _like(dx, x), _like(dy, y)  # the gradients are returned in the inputs' memory layout

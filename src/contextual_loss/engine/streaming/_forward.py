@@ -40,7 +40,7 @@ from contextual_loss.engine.strips import (
     spatial_tile,
 )
 
-__all__ = ["ForwardOutputs", "forward", "row_stats", "select_rows", "strip_affinity"]
+__all__ = ["ForwardOutputs", "choose_strips", "forward", "row_stats", "select_rows", "strip_affinity"]
 
 #: The forward operator's outputs, in order: best, index (B, M); umax, argmin, scale, log_norm,
 #: clamped, sensitive (B, N), or (B, 0) when no backward will follow; feature_best (B, M) for CoBi's
@@ -172,11 +172,18 @@ def forward(
 ) -> ForwardOutputs:
     """Stream a batch of prepared sets x (B, N, C), y (B, M, C) in their (compute) dtype; see :data:`ForwardOutputs`."""
     x, y = x.contiguous(), y.contiguous()  # a transposed view (direct callers) would make row gathers stride by N
-    n, m = x.shape[1], y.shape[1]
-    kernels = _kernels.select(x.device, x.dtype, problem.kernels)
-    plan = problem.plan(n, m, x.dtype, _pool.threads_for(x.device, kernels.name))
+    kernels, plan = choose_strips(x, y, problem)
     # With workers, the whole pass runs single-threaded in a worker thread (see _pool.call).
     return _pool.call(plan.workers, _forward_batch, x, y, pos_x, pos_y, problem, keep_rows, kernels, plan)
+
+
+def choose_strips(x: Tensor, y: Tensor, problem: Problem) -> tuple[StripKernels, StripPlan]:
+    """The strip kernels and strips of both passes over prepared sets x (B, N, C) and y (B, M, C).
+
+    The backward pass chooses them the same way: the same kernels, and the same strip height and workers.
+    """
+    kernels = _kernels.select(x.device, x.dtype, problem.kernels)
+    return kernels, problem.plan(x.shape[1], y.shape[1], x.dtype, _pool.threads_for(x.device, kernels.name))
 
 
 def _forward_batch(
