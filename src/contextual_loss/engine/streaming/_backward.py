@@ -79,6 +79,8 @@ def _backward_batch(
     b = x.shape[0]
     x, y = x.contiguous(), y.contiguous()  # rows are gathered and scattered strip by strip
     dx, dy = torch.zeros_like(x), torch.zeros_like(y)
+    # each worker's strip buffer, for every image (an image's strips are never taller than plan.rows)
+    buffers = [x.new_empty(plan.rows, y.shape[1]) for _ in range(plan.workers)]
     for image in range(b):
         g, a_star = grad_best[image], best[image]
         if problem.released:  # only the feature share depends on x and y (exactly 0 at w = 1)
@@ -87,7 +89,7 @@ def _backward_batch(
         image_pos = image_positions(problem, pos[0], pos[1], image)
         _backward_image(
             x[image], y[image], image_pos, g, a_star, index[image], select_rows(rows, image), sensitive[image],
-            problem, kernels, plan, dx[image], dy[image],
+            problem, kernels, plan, buffers, dx[image], dy[image],
         )  # fmt: skip
     return dx, dy
 
@@ -109,10 +111,14 @@ def _backward_image(
     problem: Problem,
     kernels: StripKernels,
     plan: StripPlan,
+    buffers: list[Tensor],
     dx: Tensor,
     dy: Tensor,
 ) -> None:
-    """Add the gradient of sum_j g_j a_{i*(j) j} for one image into ``dx`` (N, C) and ``dy`` (M, C)."""
+    """Add the gradient of sum_j g_j a_{i*(j) j} for one image into ``dx`` (N, C) and ``dy`` (M, C).
+
+    ``buffers`` holds a (plan.rows, M) strip buffer for each of ``plan.workers`` workers.
+    """
     n = x.shape[0]
     r = x.new_zeros(n).index_add_(0, index, g)
     need = (r != 0).nonzero().squeeze(1)  # rows that are nobody's best match have zero gradient
@@ -139,7 +145,6 @@ def _backward_image(
     strips = len(bounds) - 1
     workers = min(plan.workers, strips)
     lanes = [dist.y_gradient(dy if lane == 0 else None) for lane in range(_pool.lanes_for(workers))]
-    buffers = [x.new_empty(rows_per_strip, y.shape[0]) for _ in range(workers)]
 
     def strip(w: int, k: int) -> None:
         q0 = k * rows_per_strip
